@@ -1,0 +1,127 @@
+# ngx_xmpp_federation_module: build, test, demo, bench.
+#
+#   make deps        install the Debian packages the project needs (root)
+#   make             build build/ngx_stream_xmpp_federation_module.so
+#   make SANITIZE=1  the same with AddressSanitizer + UBSan (build/asan/)
+#   make test        deps + build + every suite, plain and sanitized
+#   make check-one T=t/xmpp_config.t   one suite, plain build
+#
+# NGINX_SRC selects the nginx tree: Debian's nginx-dev headers by default
+# (the module is then loaded into /usr/sbin/nginx), or a full nginx source
+# tree, which is then built whole and used by the tests.
+
+SHELL      := /bin/bash
+NGINX_SRC  ?= /usr/share/nginx/src
+SANITIZE   ?=
+PROVE_ARGS ?=
+T          ?= t/
+
+TOP        := $(CURDIR)
+MODULE     := ngx_stream_xmpp_federation_module
+SOURCES    := config $(wildcard ngx_xmpp_federation_module/*.[ch])
+
+ifeq ($(SANITIZE),)
+BUILD      := $(TOP)/build
+SAN_CC_OPT :=
+SAN_LD_OPT :=
+else
+BUILD      := $(TOP)/build/asan
+SAN_CC_OPT := -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN_LD_OPT := -fsanitize=address,undefined
+endif
+
+SRC_COPY   := $(BUILD)/nginx
+
+# Debian's tree ships its configure flags; a full tree gets --with-compat.
+DEBIAN_TREE := $(shell test -f $(NGINX_SRC)/conf_flags && echo yes)
+
+ifeq ($(DEBIAN_TREE),yes)
+NGINX_BIN    ?= /usr/sbin/nginx
+STREAM_SO    ?= /usr/lib/nginx/modules/ngx_stream_module.so
+MAKE_TARGET  := objs/$(MODULE).so
+else
+NGINX_BIN    ?= $(TOP)/build/nginx/objs/nginx
+STREAM_SO    ?= $(TOP)/build/nginx/objs/ngx_stream_module.so
+MAKE_TARGET  :=
+endif
+
+PACKAGES := gcc make perl nginx nginx-dev libnginx-mod-stream \
+            libexpat1-dev libssl-dev libpcre2-dev zlib1g-dev openssl \
+            libio-socket-ssl-perl libnet-dns-perl libxml-parser-perl \
+            prosody ejabberd dnsmasq-base python3-slixmpp go-sendxmpp \
+            valgrind clang libclang-rt-14-dev
+
+PRELOAD := $(shell gcc -print-file-name=libasan.so) \
+           $(shell gcc -print-file-name=libubsan.so)
+
+.PHONY: all build deps test test-plain test-sanitized check-one demo \
+        bench clean
+
+all: build
+
+build: $(BUILD)/$(MODULE).so
+
+$(BUILD)/$(MODULE).so: $(SOURCES)
+	@rm -rf $(SRC_COPY) && mkdir -p $(BUILD)
+	cp -a $(NGINX_SRC) $(SRC_COPY)
+	cd $(SRC_COPY) && \
+	if [ "$(DEBIAN_TREE)" = yes ]; then \
+	    . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --with-stream=dynamic --with-stream_ssl_module \
+	        --with-cc-opt="-g -O2 -fPIC $(SAN_CC_OPT)" \
+	        --with-ld-opt="-fPIC $(SAN_LD_OPT)" \
+	        --add-dynamic-module=$(TOP) > configure.log; \
+	else \
+	    ./auto/configure --with-compat --with-debug \
+	        --with-stream=dynamic --with-stream_ssl_module \
+	        --with-cc-opt="-g -O2 $(SAN_CC_OPT)" \
+	        --with-ld-opt="$(SAN_LD_OPT)" \
+	        --add-dynamic-module=$(TOP) > configure.log; \
+	fi
+	$(MAKE) -C $(SRC_COPY) -f objs/Makefile $(MAKE_TARGET)
+	cp $(SRC_COPY)/objs/$(MODULE).so $@
+
+deps:
+	@missing=""; \
+	for p in $(PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	        | grep -q '^install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "make deps: installing$$missing"; \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	    chmod 755 /usr/sbin/policy-rc.d; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends $$missing \
+	        < /dev/null; \
+	    rc=$$?; rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+
+define run_prove
+	TEST_NGINX_BINARY=$(NGINX_BIN) \
+	TEST_NGINX_GLOBALS="load_module $(STREAM_SO); load_module $(1)/$(MODULE).so;" \
+	$(2) prove -I t/lib $(PROVE_ARGS) $(3)
+endef
+
+test: deps
+	$(MAKE) test-plain
+	$(MAKE) test-sanitized
+
+test-plain: build
+	$(call run_prove,$(BUILD),,t/)
+
+test-sanitized:
+	$(MAKE) SANITIZE=1 build
+	$(call run_prove,$(TOP)/build/asan,TEST_NGINX_SANITIZE=1 TEST_NGINX_PRELOAD="$(PRELOAD)",t/)
+
+check-one: build
+	$(call run_prove,$(BUILD),,-v $(T))
+
+demo:
+	@echo "make demo arrives with server dialback (issue 3)."
+	@exit 1
+
+clean:
+	rm -rf build

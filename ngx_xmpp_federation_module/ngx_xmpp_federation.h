@@ -1,0 +1,227 @@
+
+/*
+ * Copyright (C) ngx_xmpp_federation_module authors
+ */
+
+
+#ifndef _NGX_XMPP_FEDERATION_H_INCLUDED_
+#define _NGX_XMPP_FEDERATION_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+#include <expat.h>
+
+
+#define NGX_XMPP_FEDERATION_NS_STREAMS  "http://etherx.jabber.org/streams"
+#define NGX_XMPP_FEDERATION_NS_SERVER   "jabber:server"
+#define NGX_XMPP_FEDERATION_NS_DIALBACK "jabber:server:dialback"
+#define NGX_XMPP_FEDERATION_NS_TLS      "urn:ietf:params:xml:ns:xmpp-tls"
+#define NGX_XMPP_FEDERATION_NS_SASL     "urn:ietf:params:xml:ns:xmpp-sasl"
+#define NGX_XMPP_FEDERATION_NS_ERRORS   "urn:ietf:params:xml:ns:xmpp-streams"
+
+
+/* the partner block's own directive context, see ngx_conf_handler() */
+#define NGX_XMPP_FEDERATION_PARTNER_CONF  0x10000000
+
+
+/* xmpp_federation inbound | outbound */
+#define NGX_XMPP_FEDERATION_OFF           0
+#define NGX_XMPP_FEDERATION_INBOUND       1
+#define NGX_XMPP_FEDERATION_OUTBOUND      2
+
+/* partner type */
+#define NGX_XMPP_FEDERATION_FEDERATED          0
+#define NGX_XMPP_FEDERATION_PUBLIC_VERIFIED    1
+#define NGX_XMPP_FEDERATION_PUBLIC_UNVERIFIED  2
+
+/* tls and sasl negotiation */
+#define NGX_XMPP_FEDERATION_REQUIRED       0
+#define NGX_XMPP_FEDERATION_OPTIONAL       1
+#define NGX_XMPP_FEDERATION_NOT_SUPPORTED  2
+
+
+/* stream error conditions, RFC 6120 section 4.9.3 */
+typedef enum {
+    ngx_xmpp_err_none = 0,
+    ngx_xmpp_err_bad_format,
+    ngx_xmpp_err_bad_namespace_prefix,
+    ngx_xmpp_err_conflict,
+    ngx_xmpp_err_connection_timeout,
+    ngx_xmpp_err_host_gone,
+    ngx_xmpp_err_host_unknown,
+    ngx_xmpp_err_improper_addressing,
+    ngx_xmpp_err_internal_server_error,
+    ngx_xmpp_err_invalid_from,
+    ngx_xmpp_err_invalid_namespace,
+    ngx_xmpp_err_invalid_xml,
+    ngx_xmpp_err_not_authorized,
+    ngx_xmpp_err_not_well_formed,
+    ngx_xmpp_err_policy_violation,
+    ngx_xmpp_err_remote_connection_failed,
+    ngx_xmpp_err_reset,
+    ngx_xmpp_err_resource_constraint,
+    ngx_xmpp_err_restricted_xml,
+    ngx_xmpp_err_see_other_host,
+    ngx_xmpp_err_system_shutdown,
+    ngx_xmpp_err_undefined_condition,
+    ngx_xmpp_err_unsupported_encoding,
+    ngx_xmpp_err_unsupported_feature,
+    ngx_xmpp_err_unsupported_stanza_type,
+    ngx_xmpp_err_unsupported_version
+} ngx_xmpp_federation_error_e;
+
+
+typedef struct {
+    ngx_str_t                       domain;        /* primary, lowercase */
+    ngx_str_t                       description;
+    ngx_array_t                    *additional;    /* of ngx_str_t */
+    ngx_uint_t                      type;
+    ngx_uint_t                      tls;
+    ngx_uint_t                      sasl;
+    ngx_flag_t                      dialback;
+    ngx_int_t                       connection_limit;
+    ngx_flag_t                      keepalive;
+    ngx_url_t                      *server;
+    ngx_uint_t                      line;          /* where it was defined */
+} ngx_xmpp_federation_partner_t;
+
+
+typedef struct {
+    ngx_array_t                     local_domains; /* of ngx_str_t */
+    ngx_array_t                     partners;      /* of partner_t * */
+    ngx_hash_t                      local_hash;    /* domain -> str */
+    ngx_hash_t                      partner_hash;  /* domain -> partner */
+    ngx_str_t                       dialback_secret;
+    ngx_flag_t                      any_dialback;  /* a partner allows it */
+    ngx_flag_t                      any_dialback_tls;
+} ngx_xmpp_federation_main_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                      mode;
+    ngx_flag_t                      preread;
+    ngx_msec_t                      timeout;
+    ngx_msec_t                      idle_timeout;
+    size_t                          max_header_size;
+    size_t                          max_stanza_size;
+    size_t                          buffer_size;
+    ngx_stream_upstream_srv_conf_t *pass;
+} ngx_xmpp_federation_srv_conf_t;
+
+
+/* what the parser found; one event at a time */
+typedef enum {
+    ngx_xmpp_ev_none = 0,
+    ngx_xmpp_ev_header,        /* the opening <stream:stream> tag */
+    ngx_xmpp_ev_element,       /* a complete top-level element */
+    ngx_xmpp_ev_close,         /* </stream:stream> */
+    ngx_xmpp_ev_error          /* parser->error says which */
+} ngx_xmpp_federation_event_e;
+
+
+typedef struct {
+    XML_Parser                      expat;
+    ngx_pool_t                      *pool;
+    ngx_log_t                       *log;
+
+    ngx_xmpp_federation_event_e     event;
+    ngx_xmpp_federation_error_e     error;
+    const char                      *reason;       /* for the log */
+
+    ngx_uint_t                      depth;
+    size_t                          max_header_size;
+    size_t                          max_stanza_size;
+
+    /* absolute byte offsets in the stream since the last reset */
+    off_t                           consumed;      /* bytes fed to expat */
+    off_t                           start;         /* element start */
+    off_t                           end;           /* element end */
+
+    /* the header, or the top-level element */
+    ngx_str_t                       ns;            /* namespace URI */
+    ngx_str_t                       name;          /* local name */
+    ngx_str_t                       prefix;
+    ngx_str_t                       from;
+    ngx_str_t                       to;
+    ngx_str_t                       id;
+    ngx_str_t                       type;
+    ngx_str_t                       version;
+    ngx_str_t                       text;          /* character data */
+
+    size_t                          text_max;
+    unsigned                        default_ns_ok:1;
+    unsigned                        header_done:1;
+    unsigned                        stopped:1;
+    unsigned                        close_pending:1;
+} ngx_xmpp_federation_parser_t;
+
+
+typedef enum {
+    ngx_xmpp_st_header = 0,    /* waiting for the peer's stream header */
+    ngx_xmpp_st_features,      /* features sent, waiting for negotiation */
+    ngx_xmpp_st_closing        /* output of the last words, then close */
+} ngx_xmpp_federation_state_e;
+
+
+typedef struct {
+    ngx_stream_session_t           *session;
+    ngx_xmpp_federation_parser_t   *parser;
+    ngx_xmpp_federation_state_e     state;
+
+    ngx_buf_t                      *in;
+    ngx_buf_t                      *out;
+
+    size_t                          prefed;        /* preread bytes parsed */
+
+    ngx_str_t                       from;          /* as the peer sent it */
+    ngx_str_t                       to;
+    ngx_str_t                       local;         /* our matched domain */
+    ngx_str_t                       stream_id;
+    ngx_xmpp_federation_partner_t  *partner;
+    ngx_xmpp_federation_error_e     error;
+    ngx_uint_t                      status;        /* for $status */
+
+    unsigned                        header_sent:1;
+    unsigned                        header_seen:1;
+    unsigned                        quit:1;
+    unsigned                        lingering:1;
+    unsigned                        preread_done:1;
+} ngx_xmpp_federation_ctx_t;
+
+
+/* ngx_xmpp_federation_module.c */
+ngx_xmpp_federation_partner_t *ngx_xmpp_federation_find_partner(
+    ngx_xmpp_federation_main_conf_t *fmcf, ngx_str_t *domain);
+ngx_int_t ngx_xmpp_federation_is_local(ngx_xmpp_federation_main_conf_t *fmcf,
+    ngx_str_t *domain);
+ngx_str_t *ngx_xmpp_federation_error_name(ngx_xmpp_federation_error_e err);
+
+/* ngx_xmpp_federation_parse.c */
+ngx_xmpp_federation_parser_t *ngx_xmpp_federation_parser_create(
+    ngx_pool_t *pool, ngx_log_t *log, size_t max_header_size,
+    size_t max_stanza_size);
+ngx_int_t ngx_xmpp_federation_parser_reset(
+    ngx_xmpp_federation_parser_t *p);
+ngx_int_t ngx_xmpp_federation_parse(ngx_xmpp_federation_parser_t *p,
+    u_char *data, size_t len);
+ngx_int_t ngx_xmpp_federation_parse_next(ngx_xmpp_federation_parser_t *p);
+
+/* ngx_xmpp_federation_preread.c */
+ngx_int_t ngx_xmpp_federation_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_xmpp_federation_preread_handler(ngx_stream_session_t *s);
+ngx_xmpp_federation_ctx_t *ngx_xmpp_federation_get_ctx(
+    ngx_stream_session_t *s);
+ngx_xmpp_federation_error_e ngx_xmpp_federation_check_header(
+    ngx_stream_session_t *s, ngx_xmpp_federation_ctx_t *ctx,
+    ngx_xmpp_federation_parser_t *p, const char **reason);
+
+/* ngx_xmpp_federation_handler.c */
+void ngx_xmpp_federation_handler(ngx_stream_session_t *s);
+
+
+extern ngx_module_t  ngx_stream_xmpp_federation_module;
+
+
+#endif /* _NGX_XMPP_FEDERATION_H_INCLUDED_ */
