@@ -14,12 +14,20 @@
 #include <expat.h>
 
 
+typedef struct ngx_xmpp_federation_peer_s    ngx_xmpp_federation_peer_t;
+typedef struct ngx_xmpp_federation_verify_s  ngx_xmpp_federation_verify_t;
+
+
 #define NGX_XMPP_FEDERATION_NS_STREAMS  "http://etherx.jabber.org/streams"
 #define NGX_XMPP_FEDERATION_NS_SERVER   "jabber:server"
 #define NGX_XMPP_FEDERATION_NS_DIALBACK "jabber:server:dialback"
 #define NGX_XMPP_FEDERATION_NS_TLS      "urn:ietf:params:xml:ns:xmpp-tls"
 #define NGX_XMPP_FEDERATION_NS_SASL     "urn:ietf:params:xml:ns:xmpp-sasl"
 #define NGX_XMPP_FEDERATION_NS_ERRORS   "urn:ietf:params:xml:ns:xmpp-streams"
+
+
+/* room for one line of our own: a dialback element with two domains */
+#define NGX_XMPP_FEDERATION_LINE  (2 * 1024 + 512)
 
 
 /* the partner block's own directive context, see ngx_conf_handler() */
@@ -94,6 +102,7 @@ typedef struct {
     ngx_hash_t                      local_hash;    /* domain -> str */
     ngx_hash_t                      partner_hash;  /* domain -> partner */
     ngx_str_t                       dialback_secret;
+    u_char                          dialback_key[32]; /* SHA256(secret) */
     ngx_flag_t                      any_dialback;  /* a partner allows it */
     ngx_flag_t                      any_dialback_tls;
 } ngx_xmpp_federation_main_conf_t;
@@ -104,6 +113,8 @@ typedef struct {
     ngx_flag_t                      preread;
     ngx_msec_t                      timeout;
     ngx_msec_t                      idle_timeout;
+    ngx_msec_t                      dialback_timeout;
+    ngx_uint_t                      max_dialback;
     size_t                          max_header_size;
     size_t                          max_stanza_size;
     size_t                          buffer_size;
@@ -149,6 +160,7 @@ typedef struct {
     ngx_str_t                       type;
     ngx_str_t                       version;
     ngx_str_t                       text;          /* character data */
+    ngx_str_t                       ns_decls;      /* prefixes of header */
 
     size_t                          text_max;
     unsigned                        default_ns_ok:1;
@@ -161,8 +173,59 @@ typedef struct {
 typedef enum {
     ngx_xmpp_st_header = 0,    /* waiting for the peer's stream header */
     ngx_xmpp_st_features,      /* features sent, waiting for negotiation */
+    ngx_xmpp_st_relay,         /* a domain is authenticated, stanzas flow */
     ngx_xmpp_st_closing        /* output of the last words, then close */
 } ngx_xmpp_federation_state_e;
+
+
+/* a remote domain of the stream, as dialback goes */
+typedef enum {
+    ngx_xmpp_pair_verifying = 0,   /* asking its authoritative server */
+    ngx_xmpp_pair_vouching,        /* asking the gateway to accept it */
+    ngx_xmpp_pair_valid,
+    ngx_xmpp_pair_failed
+} ngx_xmpp_federation_pair_state_e;
+
+
+typedef struct {
+    ngx_str_t                         remote;   /* lowercase */
+    ngx_str_t                         local;    /* lowercase */
+    ngx_xmpp_federation_pair_state_e  state;
+} ngx_xmpp_federation_pair_t;
+
+
+/* an outgoing XMPP stream: dialback verification or the gateway */
+
+typedef void (*ngx_xmpp_federation_peer_handler_pt)(
+    ngx_xmpp_federation_peer_t *peer, ngx_int_t rc);
+
+struct ngx_xmpp_federation_peer_s {
+    ngx_peer_connection_t                pc;
+    ngx_pool_t                          *pool;
+    ngx_log_t                           *log;
+    ngx_xmpp_federation_parser_t        *parser;
+    ngx_buf_t                           *in;
+    ngx_buf_t                           *out;
+
+    ngx_str_t                            from;     /* our header */
+    ngx_str_t                            to;
+    ngx_str_t                            ns_decls; /* extra declarations */
+    ngx_str_t                            id;       /* the peer's stream id */
+    ngx_msec_t                           timeout;
+
+    /* NGX_OK: features arrived; NGX_AGAIN: an element; NGX_ERROR: over */
+    ngx_xmpp_federation_peer_handler_pt  handler;
+    void                                *data;
+    const char                          *reason;   /* of NGX_ERROR */
+
+    ngx_uint_t                           busy;
+
+    unsigned                             connected:1;
+    unsigned                             destroy:1;
+    unsigned                             ready:1;
+    unsigned                             closed:1;
+    unsigned                             failed:1; /* could not connect */
+};
 
 
 typedef struct {
@@ -170,10 +233,22 @@ typedef struct {
     ngx_xmpp_federation_parser_t   *parser;
     ngx_xmpp_federation_state_e     state;
 
-    ngx_buf_t                      *in;
-    ngx_buf_t                      *out;
+    ngx_buf_t                      *in;            /* from the peer */
+    ngx_buf_t                      *out;           /* to the peer */
 
     size_t                          prefed;        /* preread bytes parsed */
+
+    /* the relay: ptr(offset) = in->start + (offset - base) */
+    off_t                           base;
+    u_char                         *fwd;           /* checked bytes end */
+
+    ngx_array_t                     pairs;         /* of pair_t */
+    ngx_uint_t                      verifying;     /* dialbacks under way */
+    ngx_queue_t                     verifies;
+    ngx_xmpp_federation_peer_t     *gateway;
+    ngx_uint_t                      gateway_try;
+    ngx_str_t                       ns_decls;      /* of the peer header */
+    ngx_uint_t                      stanzas;
 
     ngx_str_t                       from;          /* as the peer sent it */
     ngx_str_t                       to;
@@ -188,6 +263,7 @@ typedef struct {
     unsigned                        quit:1;
     unsigned                        lingering:1;
     unsigned                        preread_done:1;
+    unsigned                        ended:1;       /* peer sent its end */
 } ngx_xmpp_federation_ctx_t;
 
 
@@ -219,6 +295,52 @@ ngx_xmpp_federation_error_e ngx_xmpp_federation_check_header(
 
 /* ngx_xmpp_federation_handler.c */
 void ngx_xmpp_federation_handler(ngx_stream_session_t *s);
+ngx_int_t ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx,
+    u_char *data, size_t len);
+void ngx_xmpp_federation_send(ngx_stream_session_t *s);
+void ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_error_e err,
+    const char *reason);
+void ngx_xmpp_federation_finalize(ngx_stream_session_t *s,
+    ngx_uint_t status);
+ngx_int_t ngx_xmpp_federation_is(ngx_str_t *str, const char *value);
+ngx_int_t ngx_xmpp_federation_process(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+size_t ngx_xmpp_federation_escape(u_char *dst, ngx_str_t *src);
+void ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+
+/* ngx_xmpp_federation_dialback.c */
+ngx_int_t ngx_xmpp_federation_db_result(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+ngx_int_t ngx_xmpp_federation_db_verify(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+ngx_int_t ngx_xmpp_federation_dialback_key(ngx_xmpp_federation_main_conf_t
+    *fmcf, ngx_str_t *receiving, ngx_str_t *originating, ngx_str_t *id,
+    u_char *key);
+ngx_xmpp_federation_pair_t *ngx_xmpp_federation_find_pair(
+    ngx_xmpp_federation_ctx_t *ctx, ngx_str_t *remote, ngx_str_t *local);
+void ngx_xmpp_federation_verify_cancel_all(ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair,
+    const char *type, const char *condition);
+
+/* ngx_xmpp_federation_proxy.c */
+ngx_xmpp_federation_peer_t *ngx_xmpp_federation_peer_create(
+    ngx_log_t *log, ngx_msec_t timeout);
+ngx_int_t ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
+    struct sockaddr *sockaddr, socklen_t socklen, ngx_str_t *name);
+ngx_int_t ngx_xmpp_federation_peer_write(ngx_xmpp_federation_peer_t *peer,
+    u_char *data, size_t len);
+void ngx_xmpp_federation_peer_close(ngx_xmpp_federation_peer_t *peer);
+ngx_int_t ngx_xmpp_federation_upstream_addr(ngx_stream_session_t *s,
+    ngx_uint_t n, struct sockaddr **sockaddr, socklen_t *socklen,
+    ngx_str_t **name);
+ngx_int_t ngx_xmpp_federation_vouch(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair);
+void ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx);
 
 
 extern ngx_module_t  ngx_stream_xmpp_federation_module;

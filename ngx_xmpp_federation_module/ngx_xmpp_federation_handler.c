@@ -33,28 +33,22 @@ static ngx_int_t ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static ngx_int_t ngx_xmpp_federation_auth(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
-static ngx_int_t ngx_xmpp_federation_db_result(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx);
 static ngx_int_t ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static void ngx_xmpp_federation_end_stream(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
-
-static ngx_int_t ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx,
-    u_char *data, size_t len);
+static ngx_int_t ngx_xmpp_federation_jid_domain(ngx_str_t *jid,
+    ngx_str_t *domain);
+static ngx_int_t ngx_xmpp_federation_room(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+static void ngx_xmpp_federation_cut(ngx_xmpp_federation_ctx_t *ctx);
+static void ngx_xmpp_federation_cleanup(void *data);
 static ngx_int_t ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static ngx_int_t ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
-static void ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_error_e err,
-    const char *reason);
-static void ngx_xmpp_federation_send(ngx_stream_session_t *s);
 static void ngx_xmpp_federation_linger(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
-static void ngx_xmpp_federation_finalize(ngx_stream_session_t *s,
-    ngx_uint_t status);
-static ngx_int_t ngx_xmpp_federation_is(ngx_str_t *str, const char *value);
 
 
 #define ngx_xmpp_federation_out_str(ctx, s)                                 \
@@ -64,8 +58,9 @@ static ngx_int_t ngx_xmpp_federation_is(ngx_str_t *str, const char *value);
 void
 ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 {
-    size_t                           len;
+    size_t                           len, size;
     ngx_connection_t                *c;
+    ngx_pool_cleanup_t              *cln;
     ngx_xmpp_federation_ctx_t       *ctx;
     ngx_xmpp_federation_srv_conf_t  *fscf;
 
@@ -92,13 +87,34 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
         }
     }
 
-    ctx->in = ngx_create_temp_buf(c->pool, fscf->buffer_size);
-    ctx->out = ngx_create_temp_buf(c->pool, NGX_XMPP_FEDERATION_OUT_SIZE);
+    len = 0;
 
-    if (ctx->in == NULL || ctx->out == NULL) {
+    if (c->buffer && c->buffer->last > c->buffer->pos) {
+        len = c->buffer->last - c->buffer->pos;
+    }
+
+    size = ngx_max(fscf->buffer_size, len);
+
+    ctx->in = ngx_create_temp_buf(c->pool, size);
+    ctx->out = ngx_create_temp_buf(c->pool, NGX_XMPP_FEDERATION_OUT_SIZE);
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+
+    if (ctx->in == NULL || ctx->out == NULL || cln == NULL
+        || ngx_array_init(&ctx->pairs, c->pool, 2,
+                          sizeof(ngx_xmpp_federation_pair_t))
+           != NGX_OK)
+    {
         ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return;
     }
+
+    ngx_queue_init(&ctx->verifies);
+
+    cln->handler = ngx_xmpp_federation_cleanup;
+    cln->data = ctx;
+
+    ctx->base = 0;
+    ctx->fwd = ctx->in->start;
 
     ctx->state = ngx_xmpp_st_header;
     ctx->error = ngx_xmpp_err_none;
@@ -112,16 +128,13 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
     /* what the preread phase has read is the beginning of the stream */
 
-    if (c->buffer && c->buffer->last > c->buffer->pos) {
-        len = c->buffer->last - c->buffer->pos;
+    if (len) {
+        ctx->in->last = ngx_cpymem(ctx->in->last, c->buffer->pos, len);
+        c->buffer->pos = c->buffer->last;
 
-        if (ngx_xmpp_federation_input(s, ctx, c->buffer->pos, len)
-            != NGX_OK)
-        {
+        if (ngx_xmpp_federation_input(s, ctx, ctx->in->pos, len) != NGX_OK) {
             return;
         }
-
-        c->buffer->pos = c->buffer->last;
     }
 
     ngx_xmpp_federation_read_handler(c->read);
@@ -129,12 +142,25 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
 
 static void
+ngx_xmpp_federation_cleanup(void *data)
+{
+    ngx_xmpp_federation_ctx_t  *ctx = data;
+
+    ngx_xmpp_federation_verify_cancel_all(ctx);
+    ngx_xmpp_federation_gateway_close(ctx);
+}
+
+
+static void
 ngx_xmpp_federation_read_handler(ngx_event_t *rev)
 {
-    ssize_t                     n;
-    ngx_connection_t           *c;
-    ngx_stream_session_t       *s;
-    ngx_xmpp_federation_ctx_t  *ctx;
+    u_char                          *last;
+    ssize_t                          n;
+    ngx_int_t                        rc;
+    ngx_connection_t                *c;
+    ngx_stream_session_t            *s;
+    ngx_xmpp_federation_ctx_t       *ctx;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
 
     c = rev->data;
     s = c->data;
@@ -148,18 +174,32 @@ ngx_xmpp_federation_read_handler(ngx_event_t *rev)
                                          ngx_xmpp_err_connection_timeout,
                                          ctx->state == ngx_xmpp_st_header
                                          ? "no stream header in time"
-                                         : "stream not negotiated in time");
+                                         : ctx->state == ngx_xmpp_st_relay
+                                           ? "the stream was idle"
+                                           : "stream not negotiated in "
+                                             "time");
         return;
     }
 
-    while (rev->ready) {
+    rc = NGX_OK;
+
+    while (rev->ready && !ctx->quit) {
 
         if (ctx->out->pos != ctx->out->last) {
             /* the peer reads our answer first; the send resumes reading */
             return;
         }
 
-        n = c->recv(c, ctx->in->start, ctx->in->end - ctx->in->start);
+        rc = ngx_xmpp_federation_room(s, ctx);
+
+        if (rc != NGX_OK) {
+            /* the gateway is slow: its write event resumes reading */
+            break;
+        }
+
+        last = ctx->in->last;
+
+        n = c->recv(c, last, ctx->in->end - last);
 
         if (n == NGX_AGAIN) {
             break;
@@ -172,9 +212,21 @@ ngx_xmpp_federation_read_handler(ngx_event_t *rev)
             return;
         }
 
-        if (ngx_xmpp_federation_input(s, ctx, ctx->in->start, n) != NGX_OK) {
+        ctx->in->last += n;
+
+        if (ngx_xmpp_federation_input(s, ctx, last, n) != NGX_OK) {
             return;
         }
+
+        if (ctx->state == ngx_xmpp_st_relay) {
+            fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+            ngx_add_timer(rev, fscf->idle_timeout);
+        }
+    }
+
+    if (rc == NGX_AGAIN) {
+        return;
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -216,14 +268,44 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
     ngx_int_t                      rc;
     ngx_xmpp_federation_parser_t  *p;
 
+    u_char                        *ptr;
+    ngx_buf_t                     *b;
+
     p = ctx->parser;
+    b = ctx->in;
 
     rc = ngx_xmpp_federation_parse(p, data, len);
 
     for ( ;; ) {
 
         if (rc == NGX_AGAIN) {
-            return NGX_OK;
+
+            if (ctx->state != ngx_xmpp_st_relay) {
+                /* nothing of the negotiation goes anywhere */
+                b->pos = b->last;
+                ctx->fwd = b->last;
+
+            } else if (p->depth == 1) {
+                /* between stanzas: whitespace keepalives pass */
+                ctx->fwd = b->last;
+
+            } else {
+                /* a stanza under way must start in the buffer */
+                ptr = b->start + (p->start - ctx->base);
+
+                if (ptr < b->pos) {
+                    ngx_xmpp_federation_stream_error(s, ctx,
+                                             ngx_xmpp_err_not_authorized,
+                                             "stanza before authentication");
+                    return NGX_DONE;
+                }
+            }
+
+            if (ctx->state == ngx_xmpp_st_relay) {
+                ngx_xmpp_federation_relay_gateway(s, ctx);
+            }
+
+            return ctx->quit ? NGX_DONE : NGX_OK;
         }
 
         if (rc == NGX_ERROR) {
@@ -294,6 +376,9 @@ ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
     ctx->stream_id.len = ngx_hex_dump(ctx->stream_id.data, id, sizeof(id))
                          - ctx->stream_id.data;
 
+    /* the parser's memory is reused: keep what the relay needs */
+    ctx->ns_decls = ctx->parser->ns_decls;
+
     if (ngx_xmpp_federation_out_header(s, ctx) != NGX_OK
         || ngx_xmpp_federation_out_features(s, ctx) != NGX_OK)
     {
@@ -342,10 +427,18 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
         return ngx_xmpp_federation_auth(s, ctx);
     }
 
-    if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_DIALBACK)
-        && ngx_xmpp_federation_is(&p->name, "result"))
-    {
-        return ngx_xmpp_federation_db_result(s, ctx);
+    if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_DIALBACK)) {
+
+        /* not for the gateway: out of the byte stream */
+        ngx_xmpp_federation_cut(ctx);
+
+        if (ngx_xmpp_federation_is(&p->name, "result")) {
+            return ngx_xmpp_federation_db_result(s, ctx);
+        }
+
+        if (ngx_xmpp_federation_is(&p->name, "verify")) {
+            return ngx_xmpp_federation_db_verify(s, ctx);
+        }
     }
 
     if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_SERVER)) {
@@ -416,24 +509,245 @@ ngx_xmpp_federation_auth(ngx_stream_session_t *s,
 }
 
 
-static ngx_int_t
-ngx_xmpp_federation_db_result(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx)
-{
-    ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
-                                     "dialback verification is not "
-                                     "available");
-    return NGX_DONE;
-}
-
+/*
+ * A stanza of the relay: its "from" is a domain this stream authenticated
+ * for its "to", a local domain (RFC 6120 8.1.1.1, XEP-0220 section 4).
+ * Only then its bytes go on.
+ */
 
 static ngx_int_t
 ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
-    ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
-                                     "stanza before authentication");
-    return NGX_DONE;
+    u_char                           *ptr;
+    ngx_str_t                         from, to;
+    ngx_xmpp_federation_pair_t       *pair;
+    ngx_xmpp_federation_parser_t     *p;
+    ngx_xmpp_federation_srv_conf_t   *fscf;
+    ngx_xmpp_federation_main_conf_t  *fmcf;
+
+    p = ctx->parser;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
+        /* no outbound relay yet: the gateway bounces what it sent */
+        ngx_xmpp_federation_stream_error(s, ctx,
+                                         ngx_xmpp_err_policy_violation,
+                                         "outbound stanzas are not relayed "
+                                         "yet");
+        return NGX_DONE;
+    }
+
+    if (ctx->state != ngx_xmpp_st_relay) {
+        ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
+                                         "stanza before authentication");
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_federation_jid_domain(&p->from, &from) != NGX_OK
+        || ngx_xmpp_federation_jid_domain(&p->to, &to) != NGX_OK)
+    {
+        ngx_xmpp_federation_stream_error(s, ctx,
+                                         ngx_xmpp_err_improper_addressing,
+                                         "stanza without a valid from or "
+                                         "to");
+        return NGX_DONE;
+    }
+
+    fmcf = ngx_stream_get_module_main_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (!ngx_xmpp_federation_is_local(fmcf, &to)) {
+        ngx_xmpp_federation_stream_error(s, ctx,
+                                         ngx_xmpp_err_improper_addressing,
+                                         "stanza to a domain that is not "
+                                         "local");
+        return NGX_DONE;
+    }
+
+    pair = ngx_xmpp_federation_find_pair(ctx, &from, &to);
+
+    if (pair == NULL || pair->state != ngx_xmpp_pair_valid) {
+        ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_invalid_from,
+                                         "stanza from a domain the stream "
+                                         "did not authenticate");
+        return NGX_DONE;
+    }
+
+    ptr = ctx->in->start + (p->start - ctx->base);
+
+    if (ptr < ctx->in->pos) {
+        ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
+                                         "stanza before authentication");
+        return NGX_DONE;
+    }
+
+    ctx->fwd = ctx->in->start + (p->end - ctx->base);
+    ctx->stanzas++;
+
+    return NGX_OK;
+}
+
+
+/* the domain of a JID: [local@]domain[/resource] */
+
+static ngx_int_t
+ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
+{
+    u_char  *p, *start, *end;
+
+    start = jid->data;
+    end = jid->data + jid->len;
+
+    p = ngx_strlchr(start, end, '/');
+    if (p) {
+        end = p;
+    }
+
+    p = ngx_strlchr(start, end, '@');
+    if (p) {
+        start = p + 1;
+    }
+
+    if (start == end) {
+        return NGX_ERROR;
+    }
+
+    domain->data = start;
+    domain->len = end - start;
+
+    return NGX_OK;
+}
+
+
+/*
+ * An element of our own in the byte stream (dialback) is cut out of the
+ * buffer, so that the bytes around it can go on as they are.
+ */
+
+static void
+ngx_xmpp_federation_cut(ngx_xmpp_federation_ctx_t *ctx)
+{
+    u_char     *start, *end;
+    ngx_buf_t  *b;
+
+    if (ctx->state != ngx_xmpp_st_relay) {
+        return;
+    }
+
+    b = ctx->in;
+
+    start = b->start + (ctx->parser->start - ctx->base);
+    end = b->start + (ctx->parser->end - ctx->base);
+
+    if (start < b->pos || end > b->last) {
+        return;
+    }
+
+    ngx_memmove(start, end, b->last - end);
+    b->last -= end - start;
+
+    /* offsets after the element map as if it had never been there */
+    ctx->base += end - start;
+}
+
+
+/*
+ * Room to read into: unsent bytes move to the start of the buffer, and
+ * a stanza larger than the buffer makes it grow, up to the stanza limit.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_room(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    size_t                           size, max;
+    ngx_buf_t                       *b, *nb;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    b = ctx->in;
+
+    if (b->pos == b->last) {
+        ctx->base += b->pos - b->start;
+        b->pos = b->start;
+        b->last = b->start;
+        ctx->fwd = b->start;
+        return NGX_OK;
+    }
+
+    if (b->last < b->end) {
+        return NGX_OK;
+    }
+
+    if (b->pos > b->start) {
+        size = b->pos - b->start;
+
+        ngx_memmove(b->start, b->pos, b->last - b->pos);
+
+        ctx->base += size;
+        ctx->fwd -= size;
+        b->last -= size;
+        b->pos = b->start;
+
+        return NGX_OK;
+    }
+
+    if (ctx->fwd > b->pos) {
+        /* checked bytes wait for the gateway */
+        return NGX_AGAIN;
+    }
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    max = fscf->max_stanza_size + fscf->buffer_size;
+    size = b->end - b->start;
+
+    if (size >= max) {
+        /* the parser stops a stanza over the limit before this */
+        return NGX_AGAIN;
+    }
+
+    size = ngx_min(2 * size, max);
+
+    nb = ngx_create_temp_buf(s->connection->pool, size);
+    if (nb == NULL) {
+        return NGX_ERROR;
+    }
+
+    nb->last = ngx_cpymem(nb->start, b->pos, b->last - b->pos);
+    ctx->fwd = nb->start + (ctx->fwd - b->pos);
+    ctx->in = nb;
+
+    return NGX_OK;
+}
+
+
+/* the first domain is accepted by the gateway: stanzas may flow */
+
+void
+ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_connection_t                *c;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    c = s->connection;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    ctx->state = ngx_xmpp_st_relay;
+    c->log->action = "relaying XMPP stream";
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "XMPP stream of partner \"%V\" handed to the gateway",
+                  &ctx->partner->domain);
+
+    /* from now on the idle timeout, not the establishment one */
+    ngx_add_timer(c->read, fscf->idle_timeout);
 }
 
 
@@ -443,6 +757,13 @@ ngx_xmpp_federation_end_stream(ngx_stream_session_t *s,
 {
     ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                   "peer closed XMPP stream");
+
+    if (ctx->state == ngx_xmpp_st_relay && ctx->gateway) {
+        /* what was checked goes first, then the end, both ways */
+        ctx->ended = 1;
+        ngx_xmpp_federation_relay_gateway(s, ctx);
+        return;
+    }
 
     ctx->quit = 1;
 
@@ -455,11 +776,12 @@ ngx_xmpp_federation_end_stream(ngx_stream_session_t *s,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx, u_char *data,
     size_t len)
 {
-    ngx_buf_t  *b;
+    size_t      size;
+    ngx_buf_t  *b, *nb;
 
     b = ctx->out;
 
@@ -469,14 +791,86 @@ ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx, u_char *data,
     }
 
     if ((size_t) (b->end - b->last) < len) {
-        ngx_log_error(NGX_LOG_ALERT, ctx->session->connection->log, 0,
-                      "XMPP output buffer is too small");
-        return NGX_ERROR;
+
+        /* several answers at once: the reads wait until they are out */
+
+        size = 2 * (b->end - b->start) + len;
+
+        nb = ngx_create_temp_buf(ctx->session->connection->pool, size);
+        if (nb == NULL) {
+            return NGX_ERROR;
+        }
+
+        nb->last = ngx_cpymem(nb->start, b->pos, b->last - b->pos);
+        ctx->out = nb;
+        b = nb;
     }
 
     b->last = ngx_cpymem(b->last, data, len);
 
     return NGX_OK;
+}
+
+
+/* an attribute value or text: escaped; with dst NULL, the length */
+
+size_t
+ngx_xmpp_federation_escape(u_char *dst, ngx_str_t *src)
+{
+    u_char  *p, *d;
+    size_t   len;
+
+    len = 0;
+    d = dst;
+
+    for (p = src->data; p < src->data + src->len; p++) {
+
+        switch (*p) {
+
+        case '<':
+            len += 4;
+            if (d) {
+                d = ngx_cpymem(d, "&lt;", 4);
+            }
+            break;
+
+        case '>':
+            len += 4;
+            if (d) {
+                d = ngx_cpymem(d, "&gt;", 4);
+            }
+            break;
+
+        case '&':
+            len += 5;
+            if (d) {
+                d = ngx_cpymem(d, "&amp;", 5);
+            }
+            break;
+
+        case '\'':
+            len += 6;
+            if (d) {
+                d = ngx_cpymem(d, "&apos;", 6);
+            }
+            break;
+
+        case '"':
+            len += 6;
+            if (d) {
+                d = ngx_cpymem(d, "&quot;", 6);
+            }
+            break;
+
+        default:
+            len++;
+            if (d) {
+                *d++ = *p;
+            }
+        }
+    }
+
+    return len;
 }
 
 
@@ -600,7 +994,7 @@ ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
  * error, the end of the stream; then the connection closes.
  */
 
-static void
+void
 ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_error_e err,
     const char *reason)
@@ -674,7 +1068,7 @@ ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
  * out and the session is over, the connection closes, lingering.
  */
 
-static void
+void
 ngx_xmpp_federation_send(ngx_stream_session_t *s)
 {
     ssize_t                          n;
@@ -803,7 +1197,7 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
 }
 
 
-static void
+void
 ngx_xmpp_federation_finalize(ngx_stream_session_t *s, ngx_uint_t status)
 {
     ngx_xmpp_federation_ctx_t  *ctx;
@@ -818,7 +1212,7 @@ ngx_xmpp_federation_finalize(ngx_stream_session_t *s, ngx_uint_t status)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_xmpp_federation_is(ngx_str_t *str, const char *value)
 {
     size_t  len;

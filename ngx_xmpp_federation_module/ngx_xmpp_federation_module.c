@@ -12,6 +12,7 @@
 
 #include "ngx_xmpp_federation.h"
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 
 
 #define NGX_XMPP_FEDERATION_DOMAIN_MAX  1023
@@ -132,6 +133,13 @@ static ngx_command_t  ngx_xmpp_federation_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_xmpp_federation_srv_conf_t, idle_timeout),
+      NULL },
+
+    { ngx_string("xmpp_federation_dialback_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, dialback_timeout),
       NULL },
 
     { ngx_string("xmpp_federation_max_header_size"),
@@ -424,6 +432,15 @@ ngx_xmpp_federation_init_main_conf(ngx_conf_t *cf, void *conf)
         fmcf->dialback_secret.data = p;
     }
 
+    /* XEP-0185: the HMAC key is SHA256(secret) */
+
+    if (SHA256(fmcf->dialback_secret.data, fmcf->dialback_secret.len,
+               fmcf->dialback_key)
+        == NULL)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -470,6 +487,8 @@ ngx_xmpp_federation_create_srv_conf(ngx_conf_t *cf)
     fscf->preread = NGX_CONF_UNSET;
     fscf->timeout = NGX_CONF_UNSET_MSEC;
     fscf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    fscf->dialback_timeout = NGX_CONF_UNSET_MSEC;
+    fscf->max_dialback = NGX_CONF_UNSET_UINT;
     fscf->max_header_size = NGX_CONF_UNSET_SIZE;
     fscf->max_stanza_size = NGX_CONF_UNSET_SIZE;
     fscf->buffer_size = NGX_CONF_UNSET_SIZE;
@@ -490,6 +509,9 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 60000);
     ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout,
                               600000);
+    ngx_conf_merge_msec_value(conf->dialback_timeout, prev->dialback_timeout,
+                              30000);
+    ngx_conf_merge_uint_value(conf->max_dialback, prev->max_dialback, 10);
     ngx_conf_merge_size_value(conf->max_header_size, prev->max_header_size,
                               4096);
     ngx_conf_merge_size_value(conf->max_stanza_size, prev->max_stanza_size,

@@ -61,6 +61,8 @@ static void XMLCALL ngx_xmpp_federation_character_data(void *data,
     const XML_Char *s, int len);
 static void XMLCALL ngx_xmpp_federation_start_namespace(void *data,
     const XML_Char *prefix, const XML_Char *uri);
+static void ngx_xmpp_federation_ns_decl(ngx_xmpp_federation_parser_t *p,
+    const XML_Char *prefix, const XML_Char *uri);
 static void XMLCALL ngx_xmpp_federation_xml_decl(void *data,
     const XML_Char *version, const XML_Char *encoding, int standalone);
 static void XMLCALL ngx_xmpp_federation_doctype(void *data,
@@ -176,6 +178,7 @@ ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
     p->header_done = 0;
     p->stopped = 0;
     p->close_pending = 0;
+    ngx_str_null(&p->ns_decls);
 
     return NGX_OK;
 }
@@ -575,8 +578,23 @@ ngx_xmpp_federation_character_data(void *data, const XML_Char *s, int len)
 
     p = ud->parser;
 
+    if (p->depth == 1) {
+        /* between stanzas only whitespace: keepalives */
+
+        for (n = 0; n < (size_t) len; n++) {
+            if (s[n] != ' ' && s[n] != '\t' && s[n] != '\r' && s[n] != '\n')
+            {
+                ngx_xmpp_federation_fail(p, ngx_xmpp_err_not_well_formed,
+                                         "text between stanzas");
+                return;
+            }
+        }
+
+        return;
+    }
+
     if (p->depth != 2) {
-        /* whitespace between stanzas, or text deeper in a stanza */
+        /* text deeper in a stanza */
         return;
     }
 
@@ -605,7 +623,12 @@ ngx_xmpp_federation_start_namespace(void *data, const XML_Char *prefix,
 
     p = ud->parser;
 
-    if (p->depth != 0 || prefix != NULL) {
+    if (p->depth != 0) {
+        return;
+    }
+
+    if (prefix != NULL) {
+        ngx_xmpp_federation_ns_decl(p, prefix, uri);
         return;
     }
 
@@ -617,6 +640,57 @@ ngx_xmpp_federation_start_namespace(void *data, const XML_Char *prefix,
                         && ngx_strncmp(uri, NGX_XMPP_FEDERATION_NS_SERVER,
                                        len)
                            == 0);
+}
+
+
+/*
+ * Prefixes the header declares for the stanzas to use; the relay declares
+ * them again on the stream to the gateway.  "stream" and "db" are ours.
+ */
+
+static void
+ngx_xmpp_federation_ns_decl(ngx_xmpp_federation_parser_t *p,
+    const XML_Char *prefix, const XML_Char *uri)
+{
+    u_char     *d;
+    size_t      plen, len;
+    ngx_str_t   value;
+
+    plen = ngx_strlen(prefix);
+
+    if ((plen == 6 && ngx_strncmp(prefix, "stream", 6) == 0)
+        || (plen == 2 && ngx_strncmp(prefix, "db", 2) == 0)
+        || uri == NULL)
+    {
+        return;
+    }
+
+    value.data = (u_char *) uri;
+    value.len = ngx_strlen(uri);
+
+    len = p->ns_decls.len + sizeof(" xmlns:=''") - 1 + plen
+          + ngx_xmpp_federation_escape(NULL, &value);
+
+    if (len > p->max_header_size) {
+        ngx_xmpp_federation_fail(p, ngx_xmpp_err_policy_violation,
+                                 "namespace declarations too long");
+        return;
+    }
+
+    d = ngx_pnalloc(p->pool, len);
+    if (d == NULL) {
+        ngx_xmpp_federation_fail(p, ngx_xmpp_err_internal_server_error,
+                                 "no memory");
+        return;
+    }
+
+    p->ns_decls.len = ngx_cpymem(d, p->ns_decls.data, p->ns_decls.len) - d;
+    p->ns_decls.data = d;
+    d += p->ns_decls.len;
+    d = ngx_sprintf(d, " xmlns:%s='", prefix);
+    d += ngx_xmpp_federation_escape(d, &value);
+    *d++ = '\'';
+    p->ns_decls.len = d - p->ns_decls.data;
 }
 
 

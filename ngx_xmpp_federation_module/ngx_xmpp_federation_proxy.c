@@ -1,0 +1,889 @@
+
+/*
+ * Copyright (C) ngx_xmpp_federation_module authors
+ */
+
+
+/*
+ * Outgoing XMPP streams (a dialback verification, the gateway), the
+ * hand-off to the gateway with an edge-minted dialback key, and the pump
+ * that forwards checked stanzas as their original bytes.
+ */
+
+
+#include "ngx_xmpp_federation.h"
+#include <ngx_stream_upstream_round_robin.h>
+
+
+static void ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev);
+static void ngx_xmpp_federation_peer_write_handler(ngx_event_t *wev);
+static void ngx_xmpp_federation_peer_fail(ngx_xmpp_federation_peer_t *peer,
+    const char *reason);
+static void ngx_xmpp_federation_peer_send(ngx_xmpp_federation_peer_t *peer);
+static ngx_int_t ngx_xmpp_federation_peer_test_connect(ngx_connection_t *c);
+static ngx_int_t ngx_xmpp_federation_peer_call(
+    ngx_xmpp_federation_peer_t *peer, ngx_int_t rc);
+
+static ngx_int_t ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+static void ngx_xmpp_federation_gateway_handler(
+    ngx_xmpp_federation_peer_t *peer, ngx_int_t rc);
+static ngx_int_t ngx_xmpp_federation_gateway_result(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair);
+static void ngx_xmpp_federation_gateway_cleanup(void *data);
+
+
+ngx_xmpp_federation_peer_t *
+ngx_xmpp_federation_peer_create(ngx_log_t *log, ngx_msec_t timeout)
+{
+    ngx_log_t                   *plog;
+    ngx_pool_t                  *pool;
+    ngx_xmpp_federation_peer_t  *peer;
+
+    pool = ngx_create_pool(4096, log);
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    peer = ngx_pcalloc(pool, sizeof(ngx_xmpp_federation_peer_t));
+    plog = ngx_palloc(pool, sizeof(ngx_log_t));
+
+    if (peer == NULL || plog == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    /* the session's log, with an action of our own */
+    *plog = *log;
+
+    peer->pool = pool;
+    peer->log = plog;
+    peer->timeout = timeout;
+
+    peer->in = ngx_create_temp_buf(pool, 4096);
+    peer->out = ngx_create_temp_buf(pool, 1024);
+    peer->parser = ngx_xmpp_federation_parser_create(pool, plog, 4096, 65536);
+
+    if (peer->in == NULL || peer->out == NULL || peer->parser == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    return peer;
+}
+
+
+ngx_int_t
+ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
+    struct sockaddr *sockaddr, socklen_t socklen, ngx_str_t *name)
+{
+    u_char            *p;
+    size_t             len;
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
+
+    ngx_memzero(&peer->pc, sizeof(ngx_peer_connection_t));
+
+    peer->pc.sockaddr = sockaddr;
+    peer->pc.socklen = socklen;
+    peer->pc.name = name;
+    peer->pc.get = ngx_event_get_peer;
+    peer->pc.log = peer->log;
+    peer->pc.log_error = NGX_ERROR_ERR;
+    peer->pc.tries = 1;
+    peer->connected = 0;
+    peer->ready = 0;
+    peer->failed = 0;
+
+    rc = ngx_event_connect_peer(&peer->pc);
+
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        peer->failed = 1;
+        return NGX_ERROR;
+    }
+
+    c = peer->pc.connection;
+
+    c->data = peer;
+    c->pool = peer->pool;
+    c->log = peer->log;
+    c->read->log = peer->log;
+    c->write->log = peer->log;
+    c->read->handler = ngx_xmpp_federation_peer_read_handler;
+    c->write->handler = ngx_xmpp_federation_peer_write_handler;
+
+    /* our stream header goes first */
+
+    len = sizeof("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+                 "xmlns:stream='http://etherx.jabber.org/streams' "
+                 "xmlns:db='jabber:server:dialback' version='1.0' "
+                 "from='' to=''>") - 1
+          + peer->from.len + peer->to.len + peer->ns_decls.len;
+
+    p = ngx_pnalloc(peer->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    len = ngx_sprintf(p, "<?xml version='1.0'?><stream:stream "
+                      "xmlns='jabber:server' "
+                      "xmlns:stream='http://etherx.jabber.org/streams' "
+                      "xmlns:db='jabber:server:dialback'%V version='1.0' "
+                      "from='%V' to='%V'>",
+                      &peer->ns_decls, &peer->from, &peer->to)
+          - p;
+
+    if (ngx_xmpp_federation_peer_write(peer, p, len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_add_timer(c->read, peer->timeout);
+
+    if (rc == NGX_AGAIN) {
+        ngx_add_timer(c->write, peer->timeout);
+        return NGX_OK;
+    }
+
+    peer->connected = 1;
+    ngx_xmpp_federation_peer_send(peer);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_xmpp_federation_peer_write(ngx_xmpp_federation_peer_t *peer,
+    u_char *data, size_t len)
+{
+    size_t      size;
+    ngx_buf_t  *b, *nb;
+
+    b = peer->out;
+
+    if (b->pos == b->last) {
+        b->pos = b->start;
+        b->last = b->start;
+    }
+
+    if ((size_t) (b->end - b->last) < len) {
+
+        /* rare: a burst of dialback requests on one stream */
+
+        size = 2 * (b->end - b->start) + len;
+
+        nb = ngx_create_temp_buf(peer->pool, size);
+        if (nb == NULL) {
+            return NGX_ERROR;
+        }
+
+        nb->last = ngx_cpymem(nb->last, b->pos, b->last - b->pos);
+        peer->out = nb;
+        b = nb;
+    }
+
+    b->last = ngx_cpymem(b->last, data, len);
+
+    if (peer->connected) {
+        ngx_xmpp_federation_peer_send(peer);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_federation_peer_send(ngx_xmpp_federation_peer_t *peer)
+{
+    ssize_t            n;
+    ngx_buf_t         *b;
+    ngx_connection_t  *c;
+
+    c = peer->pc.connection;
+    b = peer->out;
+
+    while (b->pos < b->last) {
+
+        n = c->send(c, b->pos, b->last - b->pos);
+
+        if (n == NGX_ERROR) {
+            ngx_xmpp_federation_peer_fail(peer, "send() failed");
+            return;
+        }
+
+        if (n == NGX_AGAIN || n == 0) {
+            if (!c->write->timer_set) {
+                ngx_add_timer(c->write, peer->timeout);
+            }
+
+            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+                ngx_xmpp_federation_peer_fail(peer, "write event failed");
+            }
+
+            return;
+        }
+
+        b->pos += n;
+    }
+
+    b->pos = b->start;
+    b->last = b->start;
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+}
+
+
+static void
+ngx_xmpp_federation_peer_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t            *c;
+    ngx_xmpp_federation_peer_t  *peer;
+
+    c = wev->data;
+    peer = c->data;
+
+    if (wev->timedout) {
+        peer->failed = !peer->connected;
+        ngx_xmpp_federation_peer_fail(peer, peer->connected
+                                            ? "timed out writing"
+                                            : "timed out connecting");
+        return;
+    }
+
+    if (!peer->connected) {
+        if (ngx_xmpp_federation_peer_test_connect(c) != NGX_OK) {
+            peer->failed = 1;
+            ngx_xmpp_federation_peer_fail(peer, "connect() failed");
+            return;
+        }
+
+        peer->connected = 1;
+    }
+
+    ngx_xmpp_federation_peer_send(peer);
+
+    if (!peer->closed && peer->out->pos == peer->out->last) {
+        /* the owner may have more to write: the relay */
+        (void) ngx_xmpp_federation_peer_call(peer, NGX_DONE);
+    }
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_peer_test_connect(ngx_connection_t *c)
+{
+    int        err;
+    socklen_t  len;
+
+    err = 0;
+    len = sizeof(int);
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len) == -1) {
+        err = ngx_socket_errno;
+    }
+
+    if (err) {
+        (void) ngx_connection_error(c, err, "connect() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev)
+{
+    ssize_t                        n;
+    ngx_int_t                      rc;
+    ngx_connection_t              *c;
+    ngx_xmpp_federation_parser_t  *p;
+    ngx_xmpp_federation_peer_t    *peer;
+
+    c = rev->data;
+    peer = c->data;
+    p = peer->parser;
+
+    if (rev->timedout) {
+        peer->failed = !peer->connected;
+        ngx_xmpp_federation_peer_fail(peer, "timed out");
+        return;
+    }
+
+    while (rev->ready) {
+
+        n = c->recv(c, peer->in->start, peer->in->end - peer->in->start);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            peer->failed = !peer->connected;
+            ngx_xmpp_federation_peer_fail(peer, "connection closed");
+            return;
+        }
+
+        peer->connected = 1;
+
+        rc = ngx_xmpp_federation_parse(p, peer->in->start, n);
+
+        for ( ;; ) {
+
+            if (rc == NGX_AGAIN) {
+                break;
+            }
+
+            if (rc == NGX_ERROR) {
+                ngx_xmpp_federation_peer_fail(peer, "bad XML from the peer");
+                return;
+            }
+
+            if (p->event == ngx_xmpp_ev_header) {
+                peer->id.data = ngx_pnalloc(peer->pool, p->id.len);
+                if (peer->id.data == NULL) {
+                    ngx_xmpp_federation_peer_fail(peer, "no memory");
+                    return;
+                }
+
+                ngx_memcpy(peer->id.data, p->id.data, p->id.len);
+                peer->id.len = p->id.len;
+
+                if (!ngx_xmpp_federation_is(&p->version, "1.0")) {
+                    /* a pre-1.0 peer sends no features */
+                    peer->ready = 1;
+
+                    if (ngx_xmpp_federation_peer_call(peer, NGX_OK)
+                        != NGX_OK)
+                    {
+                        return;
+                    }
+                }
+
+            } else if (p->event == ngx_xmpp_ev_close) {
+                ngx_xmpp_federation_peer_fail(peer, "stream closed");
+                return;
+
+            } else if (ngx_xmpp_federation_is(&p->ns,
+                                              NGX_XMPP_FEDERATION_NS_STREAMS)
+                       && ngx_xmpp_federation_is(&p->name, "error"))
+            {
+                ngx_xmpp_federation_peer_fail(peer, "stream error");
+                return;
+
+            } else if (!peer->ready
+                       && ngx_xmpp_federation_is(&p->ns,
+                                              NGX_XMPP_FEDERATION_NS_STREAMS)
+                       && ngx_xmpp_federation_is(&p->name, "features"))
+            {
+                peer->ready = 1;
+
+                if (ngx_xmpp_federation_peer_call(peer, NGX_OK) != NGX_OK) {
+                    return;
+                }
+
+            } else {
+                if (ngx_xmpp_federation_peer_call(peer, NGX_AGAIN)
+                    != NGX_OK)
+                {
+                    return;
+                }
+            }
+
+            rc = ngx_xmpp_federation_parse_next(p);
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_xmpp_federation_peer_fail(peer, "read event failed");
+    }
+}
+
+
+static void
+ngx_xmpp_federation_peer_fail(ngx_xmpp_federation_peer_t *peer,
+    const char *reason)
+{
+    peer->reason = reason;
+    peer->closed = 1;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, peer->log, 0,
+                   "xmpp peer: %s", reason);
+
+    (void) ngx_xmpp_federation_peer_call(peer, NGX_ERROR);
+}
+
+
+/*
+ * The owner's handler may close the peer; the memory goes only when the
+ * outermost call returns.  NGX_ABORT: the peer is gone.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_peer_call(ngx_xmpp_federation_peer_t *peer,
+    ngx_int_t rc)
+{
+    peer->busy++;
+    peer->handler(peer, rc);
+    peer->busy--;
+
+    if (peer->destroy) {
+        if (peer->busy == 0) {
+            ngx_destroy_pool(peer->pool);
+        }
+
+        return NGX_ABORT;
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_xmpp_federation_peer_close(ngx_xmpp_federation_peer_t *peer)
+{
+    if (peer->pc.connection) {
+        ngx_close_connection(peer->pc.connection);
+        peer->pc.connection = NULL;
+    }
+
+    peer->closed = 1;
+
+    if (peer->busy) {
+        peer->destroy = 1;
+        return;
+    }
+
+    ngx_destroy_pool(peer->pool);
+}
+
+
+/* the n-th address of xmpp_federation_pass */
+
+ngx_int_t
+ngx_xmpp_federation_upstream_addr(ngx_stream_session_t *s, ngx_uint_t n,
+    struct sockaddr **sockaddr, socklen_t *socklen, ngx_str_t **name)
+{
+    ngx_uint_t                        i;
+    ngx_stream_upstream_rr_peer_t    *rp;
+    ngx_stream_upstream_rr_peers_t   *peers;
+    ngx_xmpp_federation_srv_conf_t   *fscf;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    peers = fscf->pass->peer.data;
+
+    if (peers == NULL) {
+        return NGX_DECLINED;
+    }
+
+    for (rp = peers->peer, i = 0; rp; rp = rp->next, i++) {
+        if (i == n) {
+            *sockaddr = rp->sockaddr;
+            *socklen = rp->socklen;
+            *name = &rp->name;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * The hand-off: the edge speaks for an authenticated remote domain to the
+ * gateway with a dialback key of its own; the gateway checks it by asking
+ * "the remote domain", which its DNS points at the edge.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_vouch(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair)
+{
+    pair->state = ngx_xmpp_pair_vouching;
+
+    if (ctx->gateway == NULL) {
+        return ngx_xmpp_federation_gateway_connect(s, ctx);
+    }
+
+    if (!ctx->gateway->ready) {
+        /* sent when the gateway's features arrive */
+        return NGX_OK;
+    }
+
+    return ngx_xmpp_federation_gateway_result(s, ctx, pair);
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    socklen_t                        socklen;
+    ngx_str_t                       *name;
+    ngx_uint_t                       i;
+    struct sockaddr                 *sockaddr;
+    ngx_connection_t                *c;
+    ngx_pool_cleanup_t              *cln;
+    ngx_xmpp_federation_pair_t      *pair;
+    ngx_xmpp_federation_peer_t      *gw;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    c = s->connection;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    pair = NULL;
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        pair = &((ngx_xmpp_federation_pair_t *) ctx->pairs.elts)[i];
+
+        if (pair->state == ngx_xmpp_pair_vouching) {
+            break;
+        }
+    }
+
+    /* the address list is walked on failures: ctx->gateway_try */
+
+    for ( ;; ) {
+        if (ngx_xmpp_federation_upstream_addr(s, ctx->gateway_try, &sockaddr,
+                                              &socklen, &name)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "no more gateway addresses to try");
+            return NGX_DECLINED;
+        }
+
+        gw = ngx_xmpp_federation_peer_create(c->log, fscf->timeout);
+        if (gw == NULL) {
+            return NGX_ERROR;
+        }
+
+        gw->log->action = "handing the XMPP stream to the gateway";
+        gw->from = pair->remote;
+        gw->to = pair->local;
+        gw->ns_decls = ctx->ns_decls;
+        gw->handler = ngx_xmpp_federation_gateway_handler;
+        gw->data = s;
+
+        ctx->gateway = gw;
+
+        if (ngx_xmpp_federation_peer_connect(gw, sockaddr, socklen, name)
+            == NGX_OK)
+        {
+            break;
+        }
+
+        ctx->gateway = NULL;
+        ngx_xmpp_federation_peer_close(gw);
+        ctx->gateway_try++;
+    }
+
+    cln->handler = ngx_xmpp_federation_gateway_cleanup;
+    cln->data = ctx;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                   "xmpp gateway: connecting to %V", name);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_gateway_result(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair)
+{
+    u_char                           *p;
+    u_char                            key[64];
+    ngx_str_t                         k;
+    ngx_xmpp_federation_peer_t       *gw;
+    ngx_xmpp_federation_main_conf_t  *fmcf;
+    u_char                            buf[NGX_XMPP_FEDERATION_LINE];
+
+    fmcf = ngx_stream_get_module_main_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    gw = ctx->gateway;
+
+    if (ngx_xmpp_federation_dialback_key(fmcf, &pair->local, &pair->remote,
+                                         &gw->id, key)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    k.data = key;
+    k.len = 64;
+
+    p = ngx_snprintf(buf, sizeof(buf),
+                     "<db:result from='%V' to='%V'>%V</db:result>",
+                     &pair->remote, &pair->local, &k);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                   "xmpp gateway: vouching for %V to %V",
+                   &pair->remote, &pair->local);
+
+    return ngx_xmpp_federation_peer_write(gw, buf, p - buf);
+}
+
+
+static void
+ngx_xmpp_federation_gateway_handler(ngx_xmpp_federation_peer_t *peer,
+    ngx_int_t rc)
+{
+    ngx_str_t                      *from, *to;
+    ngx_uint_t                      i;
+    ngx_connection_t               *c;
+    ngx_stream_session_t           *s;
+    ngx_xmpp_federation_ctx_t      *ctx;
+    ngx_xmpp_federation_pair_t     *pair;
+    ngx_xmpp_federation_parser_t   *p;
+
+    s = peer->data;
+    c = s->connection;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    pair = ctx->pairs.elts;
+
+    if (rc == NGX_DONE) {
+        ngx_xmpp_federation_relay_gateway(s, ctx);
+        return;
+    }
+
+    if (rc == NGX_OK) {
+
+        /* features: vouch for every domain waiting */
+
+        for (i = 0; i < ctx->pairs.nelts && ctx->gateway; i++) {
+            if (pair[i].state == ngx_xmpp_pair_vouching) {
+                if (ngx_xmpp_federation_gateway_result(s, ctx, &pair[i])
+                    != NGX_OK)
+                {
+                    ngx_xmpp_federation_finalize(s,
+                                            NGX_STREAM_INTERNAL_SERVER_ERROR);
+                    return;
+                }
+            }
+        }
+
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+
+        if (peer->failed && !ctx->quit) {
+            /* could not connect: the next address, if any */
+
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "gateway %V: %s", peer->pc.name, peer->reason);
+
+            ctx->gateway = NULL;
+            ngx_xmpp_federation_peer_close(peer);
+            ctx->gateway_try++;
+
+            if (ctx->state != ngx_xmpp_st_relay) {
+                rc = ngx_xmpp_federation_gateway_connect(s, ctx);
+
+                if (rc == NGX_OK) {
+                    return;
+                }
+            }
+
+        } else {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "gateway stream ended: %s", peer->reason);
+
+            ctx->gateway = NULL;
+            ngx_xmpp_federation_peer_close(peer);
+        }
+
+        /* nothing was accepted for these: the partner hears why */
+
+        for (i = 0; i < ctx->pairs.nelts; i++) {
+            if (pair[i].state == ngx_xmpp_pair_vouching) {
+                ngx_xmpp_federation_pair_done(s, ctx, &pair[i], "error",
+                                              "remote-connection-failed");
+            }
+        }
+
+        if (ctx->state == ngx_xmpp_st_relay) {
+            ngx_xmpp_federation_stream_error(s, ctx,
+                                     ngx_xmpp_err_remote_connection_failed,
+                                     "the gateway stream ended");
+
+        } else {
+            ngx_xmpp_federation_send(s);
+        }
+
+        return;
+    }
+
+    /* an element from the gateway */
+
+    p = peer->parser;
+
+    if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_DIALBACK)
+        && ngx_xmpp_federation_is(&p->name, "result"))
+    {
+        /* the gateway's answer: from = local, to = remote */
+
+        from = &p->from;
+        to = &p->to;
+
+        for (i = 0; i < ctx->pairs.nelts; i++) {
+            if (pair[i].state != ngx_xmpp_pair_vouching
+                || pair[i].remote.len != to->len
+                || pair[i].local.len != from->len
+                || ngx_strncasecmp(pair[i].remote.data, to->data, to->len)
+                   != 0
+                || ngx_strncasecmp(pair[i].local.data, from->data,
+                                   from->len)
+                   != 0)
+            {
+                continue;
+            }
+
+            if (ngx_xmpp_federation_is(&p->type, "valid")) {
+                ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                              "gateway accepted \"%V\" for \"%V\"",
+                              &pair[i].remote, &pair[i].local);
+
+                ngx_xmpp_federation_pair_done(s, ctx, &pair[i], "valid",
+                                              NULL);
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                              "gateway refused \"%V\" for \"%V\": %V",
+                              &pair[i].remote, &pair[i].local, &p->type);
+
+                ngx_xmpp_federation_pair_done(s, ctx, &pair[i], "error",
+                                              "remote-connection-failed");
+            }
+
+            break;
+        }
+
+        ngx_xmpp_federation_send(s);
+
+        if (ctx->state == ngx_xmpp_st_relay) {
+            ngx_xmpp_federation_relay_gateway(s, ctx);
+        }
+
+        return;
+    }
+
+    /* whitespace pings, stanzas the gateway should not send: ignored */
+
+    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                   "xmpp gateway: ignored {%V}%V", &p->ns, &p->name);
+}
+
+
+/*
+ * The pump, partner to gateway: checked bytes [in->pos, fwd) go out as
+ * they came; our own lines to the gateway wait for a stanza boundary.
+ */
+
+void
+ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ssize_t                      n;
+    ngx_buf_t                   *b;
+    ngx_connection_t            *gc, *c;
+    ngx_xmpp_federation_peer_t  *gw;
+
+    gw = ctx->gateway;
+    c = s->connection;
+
+    if (gw == NULL || !gw->connected || !gw->ready) {
+        return;
+    }
+
+    gc = gw->pc.connection;
+    b = ctx->in;
+
+    while (b->pos < ctx->fwd) {
+
+        if (gw->out->pos != gw->out->last) {
+            /* our own line is on its way: it goes first */
+            return;
+        }
+
+        n = gc->send(gc, b->pos, ctx->fwd - b->pos);
+
+        if (n == NGX_ERROR) {
+            ngx_xmpp_federation_stream_error(s, ctx,
+                                     ngx_xmpp_err_remote_connection_failed,
+                                     "sending to the gateway failed");
+            return;
+        }
+
+        if (n == NGX_AGAIN || n == 0) {
+            if (ngx_handle_write_event(gc->write, 0) != NGX_OK) {
+                ngx_xmpp_federation_finalize(s,
+                                             NGX_STREAM_INTERNAL_SERVER_ERROR);
+            }
+
+            return;
+        }
+
+        b->pos += n;
+    }
+
+    if (ctx->ended && gw->out->pos == gw->out->last && !ctx->quit) {
+        /* the partner ended its stream: so do we, both ways */
+
+        (void) ngx_xmpp_federation_peer_write(gw,
+                                              (u_char *) "</stream:stream>",
+                                              sizeof("</stream:stream>") - 1);
+
+        ctx->quit = 1;
+
+        if (ngx_xmpp_federation_out(ctx, (u_char *) "</stream:stream>",
+                                    sizeof("</stream:stream>") - 1)
+            != NGX_OK)
+        {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        ngx_xmpp_federation_send(s);
+        return;
+    }
+
+    /* room again in the input buffer: read on */
+
+    if (c->read->ready && !ctx->quit) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+}
+
+
+void
+ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx)
+{
+    if (ctx->gateway) {
+        ngx_xmpp_federation_peer_close(ctx->gateway);
+        ctx->gateway = NULL;
+    }
+}
+
+
+static void
+ngx_xmpp_federation_gateway_cleanup(void *data)
+{
+    ngx_xmpp_federation_ctx_t  *ctx = data;
+
+    ngx_xmpp_federation_gateway_close(ctx);
+}
