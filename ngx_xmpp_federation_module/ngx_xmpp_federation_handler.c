@@ -937,12 +937,21 @@ ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
     ngx_uint_t                        tls, dialback;
+    ngx_xmpp_federation_srv_conf_t   *fscf;
     ngx_xmpp_federation_main_conf_t  *fmcf;
 
     fmcf = ngx_stream_get_module_main_conf(s,
                                           ngx_stream_xmpp_federation_module);
 
-    if (ctx->partner) {
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
+        /* the gateway's stream: dialback only, for now */
+        tls = NGX_XMPP_FEDERATION_NOT_SUPPORTED;
+        dialback = 1;
+
+    } else if (ctx->partner) {
         tls = ctx->partner->tls;
         dialback = ctx->partner->dialback;
 

@@ -503,6 +503,7 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_xmpp_federation_srv_conf_t *prev = parent;
     ngx_xmpp_federation_srv_conf_t *conf = child;
 
+    ngx_stream_core_srv_conf_t       *cscf;
     ngx_xmpp_federation_main_conf_t  *fmcf;
 
     ngx_conf_merge_value(conf->preread, prev->preread, 0);
@@ -529,6 +530,17 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "no \"xmpp_federation_local_domains\" are defined "
                            "for an XMPP federation server");
+        return NGX_CONF_ERROR;
+    }
+
+    cscf = ngx_stream_conf_get_module_srv_conf(cf, ngx_stream_core_module);
+
+    if (conf->mode != NGX_XMPP_FEDERATION_OFF
+        && cscf->handler != ngx_xmpp_federation_handler)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_federation\" conflicts with another "
+                           "content handler (such as proxy_pass or return)");
         return NGX_CONF_ERROR;
     }
 
@@ -966,6 +978,10 @@ ngx_xmpp_federation_domain(ngx_conf_t *cf, ngx_str_t *value,
         }
 
         prev = c;
+    }
+
+    if (prev == '.') {
+        goto invalid;
     }
 
     return NGX_OK;

@@ -226,6 +226,7 @@ ngx_xmpp_federation_check_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_parser_t *p,
     const char **reason)
 {
+    ngx_xmpp_federation_srv_conf_t   *fscf;
     ngx_xmpp_federation_main_conf_t  *fmcf;
 
     fmcf = ngx_stream_get_module_main_conf(s,
@@ -269,6 +270,33 @@ ngx_xmpp_federation_check_header(ngx_stream_session_t *s,
     if (ctx->to.len == 0) {
         *reason = "the stream header has no \"to\"";
         return ngx_xmpp_err_host_unknown;
+    }
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
+
+        /* the gateway, from a local domain, to a partner domain */
+
+        ctx->partner = ngx_xmpp_federation_find_partner(fmcf, &ctx->to);
+
+        if (ctx->partner == NULL) {
+            *reason = "\"to\" is not a partner domain";
+            return ngx_xmpp_err_host_unknown;
+        }
+
+        ctx->local = ctx->to;
+
+        if (ctx->from.len == 0 || !ngx_xmpp_federation_is_local(fmcf,
+                                                                &ctx->from))
+        {
+            *reason = "\"from\" is not a local domain";
+            return ngx_xmpp_err_policy_violation;
+        }
+
+        *reason = NULL;
+        return ngx_xmpp_err_none;
     }
 
     if (!ngx_xmpp_federation_is_local(fmcf, &ctx->to)) {

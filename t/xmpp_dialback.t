@@ -1,0 +1,464 @@
+#!/usr/bin/perl
+
+# Server dialback (XEP-0220) through the edge with scripted peers: the
+# receiving role against a scripted authoritative server, the hand-off to a
+# scripted gateway that verifies the edge's key at the internal listener,
+# the authoritative role from the stateless key, and relay policing.
+
+use warnings;
+use strict;
+
+use Test::More;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use IO::Socket::INET;
+use Digest::SHA qw/ hmac_sha256_hex sha256 /;
+
+use Test::Nginx;
+use Test::Nginx::XMPP qw/ xmpp /;
+
+###############################################################################
+
+select STDERR; $| = 1;
+select STDOUT; $| = 1;
+
+my $t = Test::Nginx->new()->has(qw/stream xmpp_federation/);
+
+my $secret = 'a long random secret for the tests';
+
+$t->write_file_expand('nginx.conf', <<"EOF");
+
+%%TEST_GLOBALS%%
+
+events {
+}
+
+stream {
+    %%TEST_GLOBALS_STREAM%%
+
+    xmpp_federation_local_domains contoso.example other.example;
+    xmpp_federation_dialback_secret "$secret";
+
+    xmpp_federation_partner fabrikam.example {
+        additional_domains corp.fabrikam.example;
+        type federated;
+        tls not_supported;
+        sasl not_supported;
+        dialback on;
+        server 127.0.0.1:%%PORT_8090%%;
+    }
+
+    xmpp_federation_partner litware.example {
+        tls optional;
+        sasl not_supported;
+        server 127.0.0.1:%%PORT_8090%%;
+    }
+
+    xmpp_federation_partner deadend.example {
+        tls not_supported;
+        sasl not_supported;
+        server 127.0.0.1:%%PORT_8099%%;
+    }
+
+    xmpp_federation_partner tls.example {
+        tls required;
+        sasl not_supported;
+    }
+
+    xmpp_federation_partner nodb.example {
+        tls optional;
+        sasl optional;
+        dialback off;
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT_8080%%;
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8091%%;
+        xmpp_federation_dialback_timeout 3s;
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT_8081%%;
+        xmpp_federation outbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8091%%;
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT_8082%%;
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8098%%;
+    }
+}
+
+EOF
+
+my $d = $t->testdir();
+my $edge_out = port(8081);
+
+$t->run_daemon(\&authoritative, port(8090));
+$t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
+$t->try_run('no xmpp_federation')->plan(33);
+
+$t->waitforsocket('127.0.0.1:' . port(8090));
+$t->waitforsocket('127.0.0.1:' . port(8091));
+
+###############################################################################
+
+# the whole way: key verified, domain vouched to the gateway, message relayed
+
+my $x = partner('fabrikam.example');
+$x->send("<db:result from='fabrikam.example' to='contoso.example'>"
+	. "goodkey</db:result>");
+
+my $r = $x->read_element('db:result');
+like($r, qr/type='valid'/, 'dialback valid after the gateway accepted');
+like($r, qr/from='contoso.example' to='fabrikam.example'/,
+	'valid answer addressed');
+
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='m1'><body>hello alice</body></message>  ");
+$x->send("<message from='bob\@fabrikam.example/res'"
+	. " to='alice\@contoso.example' id='m2'><body>a &amp; b</body>"
+	. "</message>");
+
+ok(wait_for_log("id='m2'"), 'stanzas reached the gateway');
+
+my $log = $t->read_file('gateway.log');
+like($log, qr/<message from='bob\@fabrikam.example' to='alice\@contoso.example' id='m1'><body>hello alice<\/body><\/message>  <message/,
+	'original bytes relayed, keepalive whitespace included');
+like($log, qr/a &amp; b/, 'escapes relayed as sent');
+like($log, qr/^<\?xml[^>]*>\s*<stream:stream [^>]*from='fabrikam.example' to='contoso.example'/,
+	'gateway stream opened from the partner domain');
+like($log, qr/VERIFY valid fabrikam.example/,
+	'gateway verified the edge key at the internal listener');
+unlike($log, qr/db:result from='fabrikam.example' to='contoso.example'>goodkey/,
+	'partner key not forwarded');
+
+# multiplexing: an additional domain on the same stream
+
+$x->send("<db:result from='corp.fabrikam.example' to='contoso.example'>"
+	. "goodkey</db:result>");
+$r = $x->read_element('db:result');
+like($r, qr/from='contoso.example' to='corp.fabrikam.example' type='valid'/,
+	'additional domain multiplexed');
+
+$x->send("<message from='eve\@corp.fabrikam.example'"
+	. " to='alice\@contoso.example' id='m3'/>");
+ok(wait_for_log("id='m3'"), 'stanza from additional domain relayed');
+
+# multiplexed domain of another partner, and an unlisted one
+
+$x->send("<db:result from='litware.example' to='contoso.example'>"
+	. "goodkey</db:result>");
+$r = $x->read_element('db:result');
+like($r, qr/type='error'.*policy-violation/, 'other partner refused');
+
+$x->send("<db:result from='unlisted.example' to='contoso.example'>"
+	. "goodkey</db:result>");
+$r = $x->read_element('db:result');
+like($r, qr/type='error'.*not-authorized/, 'unlisted domain refused');
+
+$x->send("<db:result from='fabrikam.example' to='nowhere.example'>"
+	. "goodkey</db:result>");
+$r = $x->read_element('db:result');
+like($r, qr/type='error'.*item-not-found/, 'unknown local domain refused');
+
+# a spoofed from ends the stream, nothing of it delivered
+
+$x->send("<message from='mallory\@litware.example'"
+	. " to='alice\@contoso.example' id='spoof'><body>x</body></message>");
+is($x->stream_error(), 'invalid-from', 'spoofed from: invalid-from');
+ok($x->closed(), 'spoofed from: closed');
+unlike($t->read_file('gateway.log'), qr/spoof/,
+	'spoofed stanza not delivered');
+
+# a stanza to a foreign domain
+
+$x = authenticated('fabrikam.example');
+$x->send("<message from='bob\@fabrikam.example' to='x\@elsewhere.example'"
+	. " id='foreign'/>");
+is($x->stream_error(), 'improper-addressing', 'to not local');
+unlike($t->read_file('gateway.log'), qr/foreign/,
+	'stanza to a foreign domain not delivered');
+
+# forged key
+
+$x = partner('fabrikam.example');
+$x->send("<db:result from='fabrikam.example' to='contoso.example'>"
+	. "forged</db:result>");
+like($x->read_element('db:result'), qr/type='invalid'/, 'forged key invalid');
+
+$x->send("<message from='bob\@fabrikam.example'"
+	. " to='alice\@contoso.example' id='forged'/>");
+is($x->stream_error(), 'not-authorized', 'no stanza after invalid key');
+
+# authoritative server unreachable
+
+$x = partner('deadend.example');
+$x->send("<db:result from='deadend.example' to='contoso.example'>"
+	. "goodkey</db:result>");
+like($x->read_element('db:result', timeout => 8),
+	qr/type='error'.*remote-connection-failed/,
+	'authoritative server unreachable');
+
+# tls required: dialback before TLS is a policy violation
+
+$x = partner('tls.example');
+$x->send("<db:result from='tls.example' to='contoso.example'>k</db:result>");
+is($x->stream_error(), 'policy-violation', 'dialback before required TLS');
+
+# dialback off
+
+$x = partner('nodb.example');
+$x->send("<db:result from='nodb.example' to='contoso.example'>k</db:result>");
+like($x->read_element('db:result'), qr/type='error'.*policy-violation/,
+	'dialback off refused');
+
+# the gateway cannot be reached: the partner hears it, nothing is accepted
+
+$x = xmpp(PeerAddr => '127.0.0.1:' . port(8082));
+$x->open_stream(from => 'fabrikam.example', to => 'contoso.example', db => 1);
+$x->read_element('stream:features');
+$x->send("<db:result from='fabrikam.example' to='contoso.example'>"
+	. "goodkey</db:result>");
+like($x->read_element('db:result', timeout => 8),
+	qr/type='error'.*remote-connection-failed/, 'gateway down reported');
+
+# the authoritative role, on the public listener too
+
+$x = partner('fabrikam.example');
+$x->send("<db:verify from='fabrikam.example' to='contoso.example' id='S3'>"
+	. key('fabrikam.example', 'contoso.example', 'S3') . "</db:verify>");
+like($x->read_element('db:verify'), qr/type='valid'/,
+	'authoritative role on the public listener');
+
+$x = outbound();
+$x->send("<db:verify from='contoso.example' to='fabrikam.example' id='S1'>"
+	. key('contoso.example', 'fabrikam.example', 'S1') . "</db:verify>");
+like($x->read_element('db:verify'), qr/type='valid'/,
+	'key of another edge with the same secret is valid');
+
+$x->send("<db:verify from='contoso.example' to='fabrikam.example' id='S2'>"
+	. key('contoso.example', 'fabrikam.example', 'S1') . "</db:verify>");
+like($x->read_element('db:verify'), qr/id='S2' type='invalid'/,
+	'key bound to its stream id');
+
+$x->send("<db:verify from='contoso.example' to='fabrikam.example' id='a&apos;b'>"
+	. "0000</db:verify>");
+like($x->read_element('db:verify'), qr/id='a&apos;b' type='invalid'/,
+	'forged key invalid, id escaped');
+
+$x->send("<message from='alice\@contoso.example' to='bob\@fabrikam.example'/>");
+is($x->stream_error(), 'policy-violation',
+	'outbound stanza refused until outbound relay exists');
+
+# the internal listener verifies the gateway's own key against the gateway
+
+$x = outbound();
+$x->send("<db:result from='contoso.example' to='fabrikam.example'>"
+	. "gwkey</db:result>");
+like($x->read_element('db:result'),
+	qr/from='fabrikam.example' to='contoso.example' type='valid'/,
+	'gateway key verified against the gateway');
+
+$x->send("<db:result from='contoso.example' to='fabrikam.example'>"
+	. "badgwkey</db:result>");
+# the pair is already valid: answered valid again
+like($x->read_element('db:result'), qr/type='valid'/, 'repeat answered');
+
+$x = outbound();
+$x->send("<db:result from='contoso.example' to='fabrikam.example'>"
+	. "badgwkey</db:result>");
+like($x->read_element('db:result'), qr/type='invalid'/,
+	'gateway key refused by the gateway');
+
+$t->stop();
+
+like($t->read_file('error.log'), qr/dialback: "fabrikam.example" authenticated/,
+	'decision logged');
+
+###############################################################################
+
+sub key {
+	my ($recv, $orig, $id) = @_;
+	return hmac_sha256_hex("$recv $orig $id", sha256($secret));
+}
+
+sub partner {
+	my ($from) = @_;
+	my $x = xmpp(PeerAddr => '127.0.0.1:' . port(8080));
+	$x->open_stream(from => $from, to => 'contoso.example', db => 1);
+	$x->read_element('stream:features');
+	return $x;
+}
+
+sub authenticated {
+	my $x = partner(@_);
+	$x->send("<db:result from='$_[0]' to='contoso.example'>"
+		. "goodkey</db:result>");
+	$x->read_element('db:result');
+	return $x;
+}
+
+sub outbound {
+	my $x = xmpp(PeerAddr => '127.0.0.1:' . port(8081));
+	$x->open_stream(from => 'contoso.example', to => 'fabrikam.example',
+		db => 1);
+	$x->read_element('stream:features');
+	return $x;
+}
+
+sub wait_for_log {
+	my ($what) = @_;
+	for (1 .. 50) {
+		my $log = eval { $t->read_file('gateway.log') } // '';
+		return 1 if index($log, $what) >= 0;
+		select undef, undef, undef, 0.1;
+	}
+	return 0;
+}
+
+###############################################################################
+
+sub readuntil {
+	my ($s, $re) = @_;
+	my $buf = '';
+	local $SIG{ALRM} = sub { die "timeout\n" };
+	alarm 5;
+	eval {
+		while ($buf !~ $re) {
+			my $n = $s->sysread($buf, 4096, length $buf);
+			last unless $n;
+		}
+	};
+	alarm 0;
+	return $buf;
+}
+
+# a scripted authoritative server for partner domains: "goodkey" is valid
+
+sub authoritative {
+	my ($port) = @_;
+	my $server = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port",
+		Listen => 16, Reuse => 1) or die $!;
+	$SIG{CHLD} = 'IGNORE';
+
+	while (my $c = $server->accept()) {
+		next if fork();
+		my $buf = readuntil($c, qr/<stream:stream[^>]*>/);
+		exit 0 unless $buf =~ /<stream:stream/;
+		my ($to) = $buf =~ /\bto='([^']*)'/;
+		$c->syswrite("<?xml version='1.0'?><stream:stream"
+			. " xmlns='jabber:server' xmlns:db='jabber:server:dialback'"
+			. " xmlns:stream='http://etherx.jabber.org/streams'"
+			. " id='auth1' from='$to' version='1.0'>"
+			. "<stream:features/>");
+		$buf = readuntil($c, qr/<\/db:verify>/);
+		my ($from, $vto, $id, $key) = $buf =~
+			/<db:verify from='([^']*)' to='([^']*)' id='([^']*)'>([^<]*)</;
+		my $type = ($key // '') eq 'goodkey' ? 'valid' : 'invalid';
+		$c->syswrite("<db:verify from='$vto' to='$from' id='$id'"
+			. " type='$type'/>");
+		readuntil($c, qr/<\/stream:stream>/);
+		exit 0;
+	}
+}
+
+# a scripted gateway: verifies the edge's key by dialback at the edge's
+# internal listener, as ejabberd does (db:verify at once), and answers
+# db:verify for its own key "gwkey" when the edge asks
+
+sub gateway {
+	my ($port, $edge, $logfile) = @_;
+	my $server = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port",
+		Listen => 16, Reuse => 1) or die $!;
+	$SIG{CHLD} = 'IGNORE';
+
+	while (my $c = $server->accept()) {
+		next if fork();
+
+		open my $log, '>>', $logfile or die $!;
+		$log->autoflush(1);
+
+		my $buf = readuntil($c, qr/<stream:stream[^>]*>/);
+		exit 0 unless $buf =~ /<stream:stream/;
+		print $log $buf;
+		my ($from) = $buf =~ /\bfrom='([^']*)'/;
+		my ($to) = $buf =~ /\bto='([^']*)'/;
+		my $id = 'gw' . int(rand(1e9));
+
+		$c->syswrite("<?xml version='1.0'?><stream:stream"
+			. " xmlns='jabber:server' xmlns:db='jabber:server:dialback'"
+			. " xmlns:stream='http://etherx.jabber.org/streams'"
+			. " id='$id' from='$to' version='1.0'><stream:features>"
+			. "<dialback xmlns='urn:xmpp:features:dialback'/>"
+			. "</stream:features>");
+
+		my $rest = '';
+
+		if ($buf =~ /<db:verify/ || 1) {
+			$buf = readuntil($c, qr/<\/db:(result|verify)>/);
+		}
+
+		if ($buf =~ /<db:verify from='([^']*)' to='([^']*)' id='([^']*)'>([^<]*)</) {
+			# the edge asks us about our own key
+			my $type = $4 eq 'gwkey' ? 'valid' : 'invalid';
+			$c->syswrite("<db:verify from='$2' to='$1' id='$3'"
+				. " type='$type'/>");
+			readuntil($c, qr/<\/stream:stream>/);
+			exit 0;
+		}
+
+		my (@results) = $buf =~
+			/<db:result from='([^']*)' to='([^']*)'>([^<]*)</;
+		($rest) = $buf =~ /<\/db:result>(.*)$/s;
+		print $log $rest // '';
+
+		while (1) {
+			my ($rfrom, $rto, $key) = @results;
+			last unless defined $key;
+
+			# dialback to "the partner domain": the edge's listener
+			my $v = IO::Socket::INET->new("127.0.0.1:$edge") or die $!;
+			$v->syswrite("<?xml version='1.0'?><stream:stream"
+				. " xmlns='jabber:server'"
+				. " xmlns:db='jabber:server:dialback'"
+				. " xmlns:stream='http://etherx.jabber.org/streams'"
+				. " from='$rto' to='$rfrom' version='1.0'>");
+			readuntil($v, qr/<\/stream:features>/);
+			$v->syswrite("<db:verify from='$rto' to='$rfrom' id='$id'>"
+				. "$key</db:verify>");
+			my $a = readuntil($v, qr/<db:verify[^>]*>/);
+			my ($type) = $a =~ /type='([^']*)'/;
+			$type //= 'none';
+			print $log "\nVERIFY $type $rfrom\n";
+			$v->syswrite("</stream:stream>");
+			$v->close();
+
+			$c->syswrite("<db:result from='$rto' to='$rfrom'"
+				. " type='$type'/>");
+
+			# further vouches and the stanzas
+			@results = ();
+			while (1) {
+				my $n = $c->sysread(my $chunk, 65536);
+				last unless $n;
+				print $log $chunk;
+				if ($chunk =~
+					/<db:result from='([^']*)' to='([^']*)'>([^<]*)</)
+				{
+					@results = ($1, $2, $3);
+					last;
+				}
+			}
+			last unless @results;
+		}
+
+		exit 0;
+	}
+}
+
+###############################################################################
