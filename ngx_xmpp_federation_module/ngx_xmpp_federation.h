@@ -117,6 +117,7 @@ typedef struct {
     ngx_uint_t                      max_dialback;
     size_t                          max_header_size;
     size_t                          max_stanza_size;
+    size_t                          hold_size;
     size_t                          buffer_size;
     ngx_stream_upstream_srv_conf_t *pass;
 } ngx_xmpp_federation_srv_conf_t;
@@ -191,6 +192,8 @@ typedef struct {
     ngx_str_t                         remote;   /* lowercase */
     ngx_str_t                         local;    /* lowercase */
     ngx_xmpp_federation_pair_state_e  state;
+    ngx_uint_t                        held;     /* its stanzas waiting */
+    ngx_xmpp_federation_error_e       failure;  /* for those, if it fails */
 } ngx_xmpp_federation_pair_t;
 
 
@@ -240,7 +243,8 @@ typedef struct {
 
     /* the relay: ptr(offset) = in->start + (offset - base) */
     off_t                           base;
-    u_char                         *fwd;           /* checked bytes end */
+    u_char                         *fwd;           /* end of what may go */
+    u_char                         *checked;       /* end of checked bytes */
 
     ngx_array_t                     pairs;         /* of pair_t */
     ngx_uint_t                      verifying;     /* dialbacks under way */
@@ -308,6 +312,8 @@ ngx_int_t ngx_xmpp_federation_process(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 size_t ngx_xmpp_federation_escape(u_char *dst, ngx_str_t *src);
 void ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_release(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 
 /* ngx_xmpp_federation_dialback.c */

@@ -330,6 +330,12 @@ ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
     u_char  *p;
     u_char   buf[NGX_XMPP_FEDERATION_LINE];
 
+    pair->failure = ngx_xmpp_err_not_authorized;
+
+    if (condition && pair->state == ngx_xmpp_pair_vouching) {
+        pair->failure = ngx_xmpp_err_remote_connection_failed;
+    }
+
     if (condition) {
         p = ngx_snprintf(buf, sizeof(buf),
                          "<db:result from='%V' to='%V' type='error'>"
@@ -366,7 +372,10 @@ ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
 
     if (ngx_xmpp_federation_out(ctx, buf, p - buf) != NGX_OK) {
         ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
     }
+
+    ngx_xmpp_federation_release(s, ctx);
 }
 
 

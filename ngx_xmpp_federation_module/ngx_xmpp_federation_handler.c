@@ -115,6 +115,7 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
     ctx->base = 0;
     ctx->fwd = ctx->in->start;
+    ctx->checked = ctx->in->start;
 
     ctx->state = ngx_xmpp_st_header;
     ctx->error = ngx_xmpp_err_none;
@@ -268,7 +269,6 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
     ngx_int_t                      rc;
     ngx_xmpp_federation_parser_t  *p;
 
-    u_char                        *ptr;
     ngx_buf_t                     *b;
 
     p = ctx->parser;
@@ -280,30 +280,17 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
 
         if (rc == NGX_AGAIN) {
 
-            if (ctx->state != ngx_xmpp_st_relay) {
-                /* nothing of the negotiation goes anywhere */
-                b->pos = b->last;
-                ctx->fwd = b->last;
-
-            } else if (p->depth == 1) {
+            if (p->depth == 1) {
                 /* between stanzas: whitespace keepalives pass */
-                ctx->fwd = b->last;
 
-            } else {
-                /* a stanza under way must start in the buffer */
-                ptr = b->start + (p->start - ctx->base);
-
-                if (ptr < b->pos) {
-                    ngx_xmpp_federation_stream_error(s, ctx,
-                                             ngx_xmpp_err_not_authorized,
-                                             "stanza before authentication");
-                    return NGX_DONE;
+                if (ctx->fwd == ctx->checked) {
+                    ctx->fwd = b->last;
                 }
+
+                ctx->checked = b->last;
             }
 
-            if (ctx->state == ngx_xmpp_st_relay) {
-                ngx_xmpp_federation_relay_gateway(s, ctx);
-            }
+            ngx_xmpp_federation_relay_gateway(s, ctx);
 
             return ctx->quit ? NGX_DONE : NGX_OK;
         }
@@ -378,6 +365,11 @@ ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
 
     /* the parser's memory is reused: keep what the relay needs */
     ctx->ns_decls = ctx->parser->ns_decls;
+
+    /* the header is ours to answer, not to relay */
+    ctx->in->pos = ctx->in->start + (ctx->parser->end - ctx->base);
+    ctx->fwd = ctx->in->pos;
+    ctx->checked = ctx->in->pos;
 
     if (ngx_xmpp_federation_out_header(s, ctx) != NGX_OK
         || ngx_xmpp_federation_out_features(s, ctx) != NGX_OK)
@@ -540,7 +532,7 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
         return NGX_DONE;
     }
 
-    if (ctx->state != ngx_xmpp_st_relay) {
+    if (ctx->pairs.nelts == 0) {
         ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
                                          "stanza before authentication");
         return NGX_DONE;
@@ -569,25 +561,89 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
 
     pair = ngx_xmpp_federation_find_pair(ctx, &from, &to);
 
-    if (pair == NULL || pair->state != ngx_xmpp_pair_valid) {
+    if (pair == NULL || pair->state == ngx_xmpp_pair_failed) {
         ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_invalid_from,
                                          "stanza from a domain the stream "
                                          "did not authenticate");
         return NGX_DONE;
     }
 
-    ptr = ctx->in->start + (p->start - ctx->base);
+    ptr = ctx->in->start + (p->end - ctx->base);
 
-    if (ptr < ctx->in->pos) {
-        ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
-                                         "stanza before authentication");
-        return NGX_DONE;
+    if (pair->state != ngx_xmpp_pair_valid || ctx->fwd != ctx->checked) {
+
+        /*
+         * Its domain is still being verified or handed to the gateway
+         * (a peer that does not wait for "valid"): the stanza waits, and
+         * everything after it, in order.
+         */
+
+        pair->held++;
+        ctx->checked = ptr;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                       "xmpp relay: holding stanza from %V, %uz bytes held",
+                       &from, (size_t) (ctx->checked - ctx->fwd));
+
+        return NGX_OK;
     }
 
-    ctx->fwd = ctx->in->start + (p->end - ctx->base);
+    ctx->fwd = ptr;
+    ctx->checked = ptr;
     ctx->stanzas++;
 
     return NGX_OK;
+}
+
+
+/*
+ * A domain is settled: held stanzas go when none of their domains is
+ * pending any more; if one of them failed, the stream ends.
+ */
+
+void
+ngx_xmpp_federation_release(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_uint_t                   i;
+    ngx_xmpp_federation_pair_t  *pair;
+
+    if (ctx->fwd == ctx->checked) {
+        return;
+    }
+
+    pair = ctx->pairs.elts;
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+
+        if (pair[i].held == 0) {
+            continue;
+        }
+
+        if (pair[i].state == ngx_xmpp_pair_failed) {
+            ngx_xmpp_federation_stream_error(s, ctx, pair[i].failure,
+                                             "held stanzas of a domain "
+                                             "that was not accepted");
+            return;
+        }
+
+        if (pair[i].state != ngx_xmpp_pair_valid) {
+            return;
+        }
+    }
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        ctx->stanzas += pair[i].held;
+        pair[i].held = 0;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                   "xmpp relay: releasing %uz held bytes",
+                   (size_t) (ctx->checked - ctx->fwd));
+
+    ctx->fwd = ctx->checked;
+
+    ngx_xmpp_federation_relay_gateway(s, ctx);
 }
 
 
@@ -633,10 +689,6 @@ ngx_xmpp_federation_cut(ngx_xmpp_federation_ctx_t *ctx)
     u_char     *start, *end;
     ngx_buf_t  *b;
 
-    if (ctx->state != ngx_xmpp_st_relay) {
-        return;
-    }
-
     b = ctx->in;
 
     start = b->start + (ctx->parser->start - ctx->base);
@@ -674,7 +726,16 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
         b->pos = b->start;
         b->last = b->start;
         ctx->fwd = b->start;
+        ctx->checked = b->start;
         return NGX_OK;
+    }
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if ((size_t) (ctx->checked - ctx->fwd) >= fscf->hold_size) {
+        /* enough held: the peer waits, TCP holds the rest */
+        return NGX_AGAIN;
     }
 
     if (b->last < b->end) {
@@ -688,6 +749,7 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
 
         ctx->base += size;
         ctx->fwd -= size;
+        ctx->checked -= size;
         b->last -= size;
         b->pos = b->start;
 
@@ -699,10 +761,7 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
         return NGX_AGAIN;
     }
 
-    fscf = ngx_stream_get_module_srv_conf(s,
-                                          ngx_stream_xmpp_federation_module);
-
-    max = fscf->max_stanza_size + fscf->buffer_size;
+    max = fscf->max_stanza_size + fscf->hold_size + fscf->buffer_size;
     size = b->end - b->start;
 
     if (size >= max) {
@@ -719,6 +778,7 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
 
     nb->last = ngx_cpymem(nb->start, b->pos, b->last - b->pos);
     ctx->fwd = nb->start + (ctx->fwd - b->pos);
+    ctx->checked = nb->start + (ctx->checked - b->pos);
     ctx->in = nb;
 
     return NGX_OK;

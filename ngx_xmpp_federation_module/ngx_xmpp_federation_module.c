@@ -149,6 +149,13 @@ static ngx_command_t  ngx_xmpp_federation_commands[] = {
       offsetof(ngx_xmpp_federation_srv_conf_t, max_header_size),
       NULL },
 
+    { ngx_string("xmpp_federation_hold_size"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, hold_size),
+      NULL },
+
     { ngx_string("xmpp_federation_max_stanza_size"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -491,6 +498,7 @@ ngx_xmpp_federation_create_srv_conf(ngx_conf_t *cf)
     fscf->max_dialback = NGX_CONF_UNSET_UINT;
     fscf->max_header_size = NGX_CONF_UNSET_SIZE;
     fscf->max_stanza_size = NGX_CONF_UNSET_SIZE;
+    fscf->hold_size = NGX_CONF_UNSET_SIZE;
     fscf->buffer_size = NGX_CONF_UNSET_SIZE;
 
     return fscf;
@@ -517,6 +525,7 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               4096);
     ngx_conf_merge_size_value(conf->max_stanza_size, prev->max_stanza_size,
                               262144);
+    ngx_conf_merge_size_value(conf->hold_size, prev->hold_size, 65536);
     ngx_conf_merge_size_value(conf->buffer_size, prev->buffer_size, 4096);
 
     if (conf->mode == NGX_XMPP_FEDERATION_OFF && !conf->preread) {

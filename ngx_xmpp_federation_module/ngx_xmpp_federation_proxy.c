@@ -807,6 +807,11 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     c = s->connection;
 
     if (gw == NULL || !gw->connected || !gw->ready) {
+        /*
+         * Before the hand-off only keepalive whitespace can be ready to
+         * go: nobody to give it to.
+         */
+        ctx->in->pos = ctx->fwd;
         return;
     }
 

@@ -100,7 +100,7 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(33);
+$t->try_run('no xmpp_federation')->plan(39);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -193,7 +193,35 @@ like($x->read_element('db:result'), qr/type='invalid'/, 'forged key invalid');
 
 $x->send("<message from='bob\@fabrikam.example'"
 	. " to='alice\@contoso.example' id='forged'/>");
-is($x->stream_error(), 'not-authorized', 'no stanza after invalid key');
+is($x->stream_error(), 'invalid-from', 'no stanza after invalid key');
+
+# a peer that does not wait for "valid": its stanzas wait, then go in order
+
+$x = partner('fabrikam.example');
+$x->send("<db:result from='fabrikam.example' to='contoso.example'>"
+	. "goodkey</db:result>"
+	. "<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='held1'/> <message from='bob\@fabrikam.example'"
+	. " to='alice\@contoso.example' id='held2'/>");
+like($x->read_element('db:result'), qr/type='valid'/,
+	'pipelining peer authenticated');
+ok(wait_for_log("id='held2'"), 'held stanzas delivered');
+like($t->read_file('gateway.log'), qr/id='held1'\/> <message[^>]*id='held2'/,
+	'held stanzas delivered in order, as sent');
+
+# held stanzas of a refused key never reach the gateway
+
+$x = partner('fabrikam.example');
+$x->send("<db:result from='fabrikam.example' to='contoso.example'>"
+	. "forged</db:result>"
+	. "<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='heldbad'/>");
+like($x->read_element('db:result'), qr/type='invalid'/,
+	'pipelining peer with a forged key refused');
+is($x->stream_error(), 'not-authorized',
+	'its held stanzas end the stream');
+unlike($t->read_file('gateway.log'), qr/heldbad/,
+	'held stanzas of a refused key not delivered');
 
 # authoritative server unreachable
 
