@@ -20,28 +20,34 @@ TOP        := $(CURDIR)
 MODULE     := ngx_stream_xmpp_federation_module
 SOURCES    := config $(wildcard ngx_xmpp_federation_module/*.[ch])
 
+# Debian's tree ships its configure flags; a full tree gets --with-compat.
+DEBIAN_TREE := $(shell test -f $(NGINX_SRC)/conf_flags && echo yes)
+
+ifeq ($(DEBIAN_TREE),yes)
+BUILD_BASE := $(TOP)/build
+else
+BUILD_BASE := $(TOP)/build/custom
+endif
+
 ifeq ($(SANITIZE),)
-BUILD      := $(TOP)/build
+BUILD      := $(BUILD_BASE)
 SAN_CC_OPT :=
 SAN_LD_OPT :=
 else
-BUILD      := $(TOP)/build/asan
+BUILD      := $(BUILD_BASE)/asan
 SAN_CC_OPT := -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN_LD_OPT := -fsanitize=address,undefined
 endif
 
 SRC_COPY   := $(BUILD)/nginx
 
-# Debian's tree ships its configure flags; a full tree gets --with-compat.
-DEBIAN_TREE := $(shell test -f $(NGINX_SRC)/conf_flags && echo yes)
-
 ifeq ($(DEBIAN_TREE),yes)
 NGINX_BIN    ?= /usr/sbin/nginx
 STREAM_SO    ?= /usr/lib/nginx/modules/ngx_stream_module.so
 MAKE_TARGET  := objs/$(MODULE).so
 else
-NGINX_BIN    ?= $(TOP)/build/nginx/objs/nginx
-STREAM_SO    ?= $(TOP)/build/nginx/objs/ngx_stream_module.so
+NGINX_BIN    ?= $(BUILD)/nginx/objs/nginx
+STREAM_SO    ?= $(BUILD)/nginx/objs/ngx_stream_module.so
 MAKE_TARGET  :=
 endif
 
@@ -73,7 +79,8 @@ $(BUILD)/$(MODULE).so: $(SOURCES)
 	        --with-ld-opt="-fPIC $(SAN_LD_OPT)" \
 	        --add-dynamic-module=$(TOP) > configure.log; \
 	else \
-	    ./auto/configure --with-compat --with-debug \
+	    cfg=./configure; [ -x $$cfg ] || cfg=./auto/configure; \
+	    $$cfg --with-compat --with-debug \
 	        --with-stream=dynamic --with-stream_ssl_module \
 	        --with-cc-opt="-g -O2 $(SAN_CC_OPT)" \
 	        --with-ld-opt="$(SAN_LD_OPT)" \
@@ -114,7 +121,7 @@ test-plain: build
 
 test-sanitized:
 	$(MAKE) SANITIZE=1 build
-	$(call run_prove,$(TOP)/build/asan,TEST_NGINX_SANITIZE=1 TEST_NGINX_PRELOAD="$(PRELOAD)",t/)
+	$(call run_prove,$(BUILD_BASE)/asan,TEST_NGINX_SANITIZE=1 TEST_NGINX_PRELOAD="$(PRELOAD)",t/)
 
 check-one: build
 	$(call run_prove,$(BUILD),,-v $(T))

@@ -328,7 +328,6 @@ static ngx_int_t
 ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
-    u_char                       id[NGX_XMPP_FEDERATION_ID_LEN];
     const char                  *reason;
     ngx_connection_t            *c;
     ngx_xmpp_federation_error_e  err;
@@ -343,25 +342,6 @@ ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
         ngx_xmpp_federation_stream_error(s, ctx, err, reason);
         return NGX_DONE;
     }
-
-    /* a fresh id for every stream: dialback keys are bound to it */
-
-    if (RAND_bytes(id, sizeof(id)) != 1) {
-        ngx_log_error(NGX_LOG_ALERT, c->log, 0, "RAND_bytes() failed");
-        ngx_xmpp_federation_stream_error(s, ctx,
-                                         ngx_xmpp_err_internal_server_error,
-                                         "no stream id");
-        return NGX_DONE;
-    }
-
-    ctx->stream_id.data = ngx_pnalloc(c->pool, 2 * sizeof(id));
-    if (ctx->stream_id.data == NULL) {
-        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-        return NGX_ERROR;
-    }
-
-    ctx->stream_id.len = ngx_hex_dump(ctx->stream_id.data, id, sizeof(id))
-                         - ctx->stream_id.data;
 
     /* the parser's memory is reused: keep what the relay needs */
     ctx->ns_decls = ctx->parser->ns_decls;
@@ -441,6 +421,20 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
         {
             return ngx_xmpp_federation_stanza(s, ctx);
         }
+    }
+
+    if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_STREAMS)
+        && ngx_xmpp_federation_is(&p->name, "error"))
+    {
+        /* RFC 6120 4.9.1.1: the peer ends the stream with an error */
+
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "peer sent a stream error");
+
+        ctx->ended = 0;
+        ctx->state = ngx_xmpp_st_closing;
+        ngx_xmpp_federation_end_stream(s, ctx);
+        return NGX_DONE;
     }
 
     if (ngx_xmpp_federation_is(&p->ns, "jabber:client")) {
@@ -944,6 +938,23 @@ ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
     ngx_buf_t  *b;
+    u_char      id[NGX_XMPP_FEDERATION_ID_LEN];
+
+    /* a fresh id for every stream (RFC 6120 4.7.3): keys are bound to it */
+
+    if (RAND_bytes(id, sizeof(id)) != 1) {
+        ngx_log_error(NGX_LOG_ALERT, s->connection->log, 0,
+                      "RAND_bytes() failed");
+        return NGX_ERROR;
+    }
+
+    ctx->stream_id.data = ngx_pnalloc(s->connection->pool, 2 * sizeof(id));
+    if (ctx->stream_id.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->stream_id.len = ngx_hex_dump(ctx->stream_id.data, id, sizeof(id))
+                         - ctx->stream_id.data;
 
     b = ctx->out;
 
@@ -978,9 +989,7 @@ ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
         b->last = ngx_sprintf(b->last, " to='%V'", &ctx->from);
     }
 
-    if (ctx->stream_id.len) {
-        b->last = ngx_sprintf(b->last, " id='%V'", &ctx->stream_id);
-    }
+    b->last = ngx_sprintf(b->last, " id='%V'", &ctx->stream_id);
 
     *b->last++ = '>';
 

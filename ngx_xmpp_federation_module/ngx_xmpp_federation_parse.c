@@ -684,7 +684,10 @@ ngx_xmpp_federation_ns_decl(ngx_xmpp_federation_parser_t *p,
         return;
     }
 
-    p->ns_decls.len = ngx_cpymem(d, p->ns_decls.data, p->ns_decls.len) - d;
+    if (p->ns_decls.len) {
+        ngx_memcpy(d, p->ns_decls.data, p->ns_decls.len);
+    }
+
     p->ns_decls.data = d;
     d += p->ns_decls.len;
     d = ngx_sprintf(d, " xmlns:%s='", prefix);
