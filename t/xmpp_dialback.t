@@ -87,6 +87,13 @@ stream {
     }
 
     server {
+        listen 127.0.0.1:%%PORT_8083%%;
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8091%%;
+        xmpp_federation_idle_timeout 1s;
+    }
+
+    server {
         listen 127.0.0.1:%%PORT_8082%%;
         xmpp_federation inbound;
         xmpp_federation_pass 127.0.0.1:%%PORT_8098%%;
@@ -100,7 +107,7 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(39);
+$t->try_run('no xmpp_federation')->plan(43);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -174,6 +181,22 @@ is($x->stream_error(), 'invalid-from', 'spoofed from: invalid-from');
 ok($x->closed(), 'spoofed from: closed');
 unlike($t->read_file('gateway.log'), qr/spoof/,
 	'spoofed stanza not delivered');
+
+# the partner ends its stream: both sides end cleanly
+
+$x = authenticated('fabrikam.example');
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='last'/></stream:stream>");
+ok($x->read_until(qr{</stream:stream>}), 'end of stream answered');
+ok($x->closed(), 'edge closed after the end of stream');
+ok(wait_for_log("id='last'/></stream:stream>"),
+	'last stanza and the end of stream reached the gateway');
+
+# idle streams end after xmpp_federation_idle_timeout
+
+$x = authenticated('fabrikam.example', port(8083));
+$x->send(' ');
+is($x->stream_error(timeout => 5), 'connection-timeout', 'idle timeout');
 
 # a stanza to a foreign domain
 
@@ -316,8 +339,8 @@ sub key {
 }
 
 sub partner {
-	my ($from) = @_;
-	my $x = xmpp(PeerAddr => '127.0.0.1:' . port(8080));
+	my ($from, $port) = @_;
+	my $x = xmpp(PeerAddr => '127.0.0.1:' . ($port // port(8080)));
 	$x->open_stream(from => $from, to => 'contoso.example', db => 1);
 	$x->read_element('stream:features');
 	return $x;
