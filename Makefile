@@ -3,6 +3,8 @@
 #   make deps        install the Debian packages the project needs (root)
 #   make             build build/ngx_stream_xmpp_federation_module.so
 #   make SANITIZE=1  the same with AddressSanitizer + UBSan (build/asan/)
+#   make NODEBUG=1   the same without --with-debug (build/nodebug/): the
+#                    debug-only code paths must compile away cleanly
 #   make test        deps + build + every suite, plain and sanitized
 #   make check-one T=t/xmpp_config.t   one suite, plain build
 #
@@ -27,6 +29,10 @@ ifeq ($(DEBIAN_TREE),yes)
 BUILD_BASE := $(TOP)/build
 else
 BUILD_BASE := $(TOP)/build/custom
+endif
+
+ifneq ($(NODEBUG),)
+BUILD_BASE := $(BUILD_BASE)/nodebug
 endif
 
 ifeq ($(SANITIZE),)
@@ -73,6 +79,9 @@ $(BUILD)/$(MODULE).so: $(SOURCES)
 	cd $(SRC_COPY) && \
 	if [ "$(DEBIAN_TREE)" = yes ]; then \
 	    . ./conf_flags && \
+	    if [ -n "$(NODEBUG)" ]; then \
+	        NGX_CONF_FLAGS=( $${NGX_CONF_FLAGS[@]/--with-debug} ); \
+	    fi && \
 	    ./configure "$${NGX_CONF_FLAGS[@]}" \
 	        --with-stream=dynamic --with-stream_ssl_module \
 	        --with-cc-opt="-g -O2 -fPIC $(SAN_CC_OPT)" \
@@ -113,6 +122,7 @@ define run_prove
 endef
 
 test: deps
+	$(MAKE) NODEBUG=1 build
 	$(MAKE) test-plain
 	$(MAKE) test-sanitized
 
@@ -129,6 +139,24 @@ check-one: build
 demo:
 	@echo "make demo arrives with server dialback (issue 3)."
 	@exit 1
+
+# Relay throughput, edge against stock proxy_pass in one nginx
+# (docs/performance.md).  BENCH_STANZAS, BENCH_RUNS, BENCH_PERF: see
+# bench/run.pl.
+
+BENCH_DIR := $(TOP)/build/bench
+
+$(BENCH_DIR)/xmpp_bench: bench/xmpp_bench.c
+	@mkdir -p $(@D)
+	gcc -O2 -Wall -Wextra -o $@ $<
+
+bench: build $(BENCH_DIR)/xmpp_bench
+	@if [ -n "$(SANITIZE)" ]; then \
+	    echo "make bench measures the plain build: run it without SANITIZE"; \
+	    exit 1; \
+	fi
+	perl bench/run.pl $(NGINX_BIN) $(STREAM_SO) $(BUILD)/$(MODULE).so \
+	    $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/results.txt
 
 clean:
 	rm -rf build

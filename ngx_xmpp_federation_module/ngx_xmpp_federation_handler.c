@@ -1278,13 +1278,8 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
 void
 ngx_xmpp_federation_finalize(ngx_stream_session_t *s, ngx_uint_t status)
 {
-    ngx_xmpp_federation_ctx_t  *ctx;
-
-    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
-
-    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
-                   "xmpp finalize: %ui, error %d", status,
-                   ctx ? (int) ctx->error : 0);
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                   "xmpp finalize: %ui", status);
 
     ngx_stream_finalize_session(s, status);
 }
