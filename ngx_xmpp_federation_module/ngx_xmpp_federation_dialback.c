@@ -359,7 +359,7 @@ ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
                       "dialback: \"%V\" authenticated for \"%V\"",
                       &pair->remote, &pair->local);
 
-        if (ctx->state == ngx_xmpp_st_features && ctx->gateway) {
+        if (ctx->state == ngx_xmpp_st_features) {
             ngx_xmpp_federation_relay_start(s, ctx);
         }
 

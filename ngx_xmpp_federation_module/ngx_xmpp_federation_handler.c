@@ -796,9 +796,16 @@ ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
     ctx->state = ngx_xmpp_st_relay;
     c->log->action = "relaying XMPP stream";
 
-    ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "XMPP stream of partner \"%V\" handed to the gateway",
-                  &ctx->partner->domain);
+    if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "XMPP stream of the gateway to partner \"%V\" "
+                      "authenticated", &ctx->partner->domain);
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "XMPP stream of partner \"%V\" handed to the gateway",
+                      &ctx->partner->domain);
+    }
 
     /* from now on the idle timeout, not the establishment one */
     ngx_add_timer(c->read, fscf->idle_timeout);

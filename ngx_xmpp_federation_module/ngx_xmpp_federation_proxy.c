@@ -354,6 +354,10 @@ ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev)
                     /* a pre-1.0 peer sends no features */
                     peer->ready = 1;
 
+                    if (rev->timer_set) {
+                        ngx_del_timer(rev);
+                    }
+
                     if (ngx_xmpp_federation_peer_call(peer, NGX_OK)
                         != NGX_OK)
                     {
@@ -378,6 +382,15 @@ ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev)
                        && ngx_xmpp_federation_is(&p->name, "features"))
             {
                 peer->ready = 1;
+
+                /*
+                 * The stream is up: from now on the owner's timers say
+                 * how long it may last (dialback timeout, idle timeout).
+                 */
+
+                if (rev->timer_set) {
+                    ngx_del_timer(rev);
+                }
 
                 if (ngx_xmpp_federation_peer_call(peer, NGX_OK) != NGX_OK) {
                     return;

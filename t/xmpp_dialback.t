@@ -94,6 +94,13 @@ stream {
     }
 
     server {
+        listen 127.0.0.1:%%PORT_8084%%;
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8091%%;
+        xmpp_federation_timeout 1s;
+    }
+
+    server {
         listen 127.0.0.1:%%PORT_8082%%;
         xmpp_federation inbound;
         xmpp_federation_pass 127.0.0.1:%%PORT_8098%%;
@@ -107,7 +114,7 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(43);
+$t->try_run('no xmpp_federation')->plan(44);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -197,6 +204,14 @@ ok(wait_for_log("id='last'/></stream:stream>"),
 $x = authenticated('fabrikam.example', port(8083));
 $x->send(' ');
 is($x->stream_error(timeout => 5), 'connection-timeout', 'idle timeout');
+
+# the establishment timeout ends with the hand-off
+
+$x = authenticated('fabrikam.example', port(8084));
+select undef, undef, undef, 2.5;
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='late'/>");
+ok(wait_for_log("id='late'"), 'relay outlives the establishment timeout');
 
 # a stanza to a foreign domain
 
