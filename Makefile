@@ -60,7 +60,7 @@ endif
 PACKAGES := gcc make perl nginx nginx-dev libnginx-mod-stream \
             libexpat1-dev libssl-dev libpcre2-dev zlib1g-dev openssl \
             libio-socket-ssl-perl libnet-dns-perl libxml-parser-perl \
-            prosody ejabberd dnsmasq-base python3-slixmpp go-sendxmpp \
+            prosody lua-unbound ejabberd dnsmasq-base python3-slixmpp go-sendxmpp \
             valgrind clang libclang-rt-14-dev
 
 PRELOAD := $(shell gcc -print-file-name=libasan.so) \
@@ -150,13 +150,22 @@ $(BENCH_DIR)/xmpp_bench: bench/xmpp_bench.c
 	@mkdir -p $(@D)
 	gcc -O2 -Wall -Wextra -o $@ $<
 
-bench: build $(BENCH_DIR)/xmpp_bench
+# XML_SetReparseDeferralEnabled(): expat 2.6, or backported (Debian 12)
+$(BENCH_DIR)/expat_only: bench/expat_only.c
+	@mkdir -p $(@D)
+	def=0; printf '#include <expat.h>\nint main(void) {\n%s\n}\n' \
+	    'return XML_SetReparseDeferralEnabled(0, XML_FALSE);' \
+	    | gcc -x c -o /dev/null - -lexpat 2>/dev/null && def=1; \
+	gcc -O2 -Wall -Wextra -DBENCH_REPARSE_DEFERRAL=$$def -o $@ $< -lexpat
+
+bench: build $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/expat_only
 	@if [ -n "$(SANITIZE)" ]; then \
 	    echo "make bench measures the plain build: run it without SANITIZE"; \
 	    exit 1; \
 	fi
 	perl bench/run.pl $(NGINX_BIN) $(STREAM_SO) $(BUILD)/$(MODULE).so \
-	    $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/results.txt
+	    $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/results.txt \
+	    $(BENCH_DIR)/expat_only
 
 clean:
 	rm -rf build

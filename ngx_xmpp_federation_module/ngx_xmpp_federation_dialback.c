@@ -591,7 +591,6 @@ static ngx_int_t
 ngx_xmpp_federation_verify_resolve(ngx_xmpp_federation_verify_t *v,
     ngx_str_t *name, ngx_uint_t srv)
 {
-    u_char                      *p;
     ngx_resolver_ctx_t          *rctx;
     ngx_stream_core_srv_conf_t  *cscf;
 
@@ -611,26 +610,23 @@ ngx_xmpp_federation_verify_resolve(ngx_xmpp_federation_verify_t *v,
         return NGX_OK;
     }
 
-    v->host.data = ngx_pnalloc(v->peer->pool, name->len);
-    if (v->host.data == NULL) {
-        return NGX_ERROR;
+    if (name != &v->host) {
+        v->host.data = ngx_pnalloc(v->peer->pool, name->len);
+        if (v->host.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(v->host.data, name->data, name->len);
+        v->host.len = name->len;
     }
 
-    ngx_memcpy(v->host.data, name->data, name->len);
-    v->host.len = name->len;
     v->srv = srv;
 
     rctx->name = v->host;
 
     if (srv) {
-        p = ngx_pnalloc(v->peer->pool,
-                        sizeof("_xmpp-server._tcp.") - 1 + name->len);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
-        rctx->service.len = ngx_sprintf(p, "_xmpp-server._tcp.%V", name) - p;
-        rctx->service.data = p;
+        /* the resolver asks for "_xmpp-server._tcp.<name>" */
+        ngx_str_set(&rctx->service, "_xmpp-server._tcp");
     }
 
     rctx->handler = ngx_xmpp_federation_verify_resolved;
@@ -661,9 +657,9 @@ ngx_xmpp_federation_verify_resolved(ngx_resolver_ctx_t *rctx)
     if (rctx->state || rctx->naddrs == 0) {
 
         ngx_log_error(NGX_LOG_INFO, v->peer->log, 0,
-                      "%V could not be resolved (%i: %s)",
-                      v->srv ? &rctx->service : &rctx->name, rctx->state,
-                      ngx_resolver_strerror(rctx->state));
+                      "%s%V could not be resolved (%i: %s)",
+                      v->srv ? "_xmpp-server._tcp." : "", &v->host,
+                      rctx->state, ngx_resolver_strerror(rctx->state));
 
         ngx_resolve_name_done(rctx);
         v->resolve = NULL;
