@@ -292,9 +292,10 @@ if ($edge) {
 		password => $user{alice}{password}, c2s => $gateway->c2s,
 		to => $user{bob}{jid}, body => 'Hello from Contoso!', wait => 3);
 
-	say_("alice -> bob: ", $r->{ok} ? 'sent' : 'NOT sent',
-		$r->{error} ? " (bounced to alice: $r->{error}{condition};"
-			. " outbound relay is a later release)" : '');
+	say_("alice -> bob: ", $r->{error}
+		? "bounced to alice by the edge: $r->{error}{condition}"
+			. " (outbound relay is a later release)"
+		: $r->{ok} ? 'sent, no bounce seen' : 'NOT sent');
 
 } else {
 	$r = $xs->send_message(from_jid => $user{alice}{jid},
@@ -349,7 +350,7 @@ if ($edge) {
 	for (<$fh>) {
 		next unless /XMPP stream|dialback|gateway|stream error/;
 		s/^\S+ \S+ \[\w+\] \d+#\d+: //;
-		s/, client: .*//;
+		s/, client: .*//s;
 		print "    edge: $_\n";
 	}
 	say_("the edge's access log ($edge/access.log):");

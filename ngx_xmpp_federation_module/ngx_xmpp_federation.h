@@ -252,6 +252,7 @@ typedef struct {
     ngx_xmpp_federation_peer_t     *gateway;
     ngx_uint_t                      gateway_try;
     ngx_str_t                       ns_decls;      /* of the peer header */
+    ngx_buf_t                      *bounces;       /* outbound, for now */
     ngx_uint_t                      stanzas;
 
     ngx_str_t                       from;          /* as the peer sent it */
@@ -268,6 +269,7 @@ typedef struct {
     unsigned                        lingering:1;
     unsigned                        preread_done:1;
     unsigned                        ended:1;       /* peer sent its end */
+    unsigned                        bouncing:1;
 } ngx_xmpp_federation_ctx_t;
 
 
@@ -311,6 +313,7 @@ ngx_int_t ngx_xmpp_federation_is(ngx_str_t *str, const char *value);
 ngx_int_t ngx_xmpp_federation_process(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 size_t ngx_xmpp_federation_escape(u_char *dst, ngx_str_t *src);
+ngx_int_t ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain);
 void ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_release(ngx_stream_session_t *s,
@@ -347,6 +350,8 @@ ngx_int_t ngx_xmpp_federation_vouch(ngx_stream_session_t *s,
 void ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx);
+ngx_int_t ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
 
 
 extern ngx_module_t  ngx_stream_xmpp_federation_module;

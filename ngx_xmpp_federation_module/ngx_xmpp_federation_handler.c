@@ -37,8 +37,6 @@ static ngx_int_t ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static void ngx_xmpp_federation_end_stream(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
-static ngx_int_t ngx_xmpp_federation_jid_domain(ngx_str_t *jid,
-    ngx_str_t *domain);
 static ngx_int_t ngx_xmpp_federation_room(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static void ngx_xmpp_federation_cut(ngx_xmpp_federation_ctx_t *ctx);
@@ -518,12 +516,9 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
                                           ngx_stream_xmpp_federation_module);
 
     if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
-        /* no outbound relay yet: the gateway bounces what it sent */
-        ngx_xmpp_federation_stream_error(s, ctx,
-                                         ngx_xmpp_err_policy_violation,
-                                         "outbound stanzas are not relayed "
-                                         "yet");
-        return NGX_DONE;
+        /* no outbound relay yet: the stanza goes back to its sender */
+        ngx_xmpp_federation_cut(ctx);
+        return ngx_xmpp_federation_bounce(s, ctx);
     }
 
     if (ctx->pairs.nelts == 0) {
@@ -643,7 +638,7 @@ ngx_xmpp_federation_release(ngx_stream_session_t *s,
 
 /* the domain of a JID: [local@]domain[/resource] */
 
-static ngx_int_t
+ngx_int_t
 ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
 {
     u_char  *p, *start, *end;

@@ -31,6 +31,11 @@ static void ngx_xmpp_federation_gateway_handler(
 static ngx_int_t ngx_xmpp_federation_gateway_result(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair);
 static void ngx_xmpp_federation_gateway_cleanup(void *data);
+static void ngx_xmpp_federation_bounce_flush(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+static void ngx_xmpp_federation_outbound_handler(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_peer_t *peer,
+    ngx_int_t rc);
 
 
 ngx_xmpp_federation_peer_t *
@@ -668,6 +673,11 @@ ngx_xmpp_federation_gateway_handler(ngx_xmpp_federation_peer_t *peer,
 
     pair = ctx->pairs.elts;
 
+    if (ctx->bouncing) {
+        ngx_xmpp_federation_outbound_handler(s, ctx, peer, rc);
+        return;
+    }
+
     if (rc == NGX_DONE) {
         ngx_xmpp_federation_relay_gateway(s, ctx);
         return;
@@ -904,4 +914,282 @@ ngx_xmpp_federation_gateway_cleanup(void *data)
     ngx_xmpp_federation_ctx_t  *ctx = data;
 
     ngx_xmpp_federation_gateway_close(ctx);
+}
+
+
+/*
+ * Until the outbound relay exists, a stanza the gateway sends towards a
+ * partner goes back to its sender as an error: the edge, authoritative for
+ * the partner's domain at the gateway, vouches for it on a stream of its
+ * own and sends the bounce there; then the gateway's stream ends with
+ * policy-violation.  Errors are not answered (RFC 6120 8.3.1).
+ */
+
+ngx_int_t
+ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    u_char                           *b;
+    size_t                            len;
+    ngx_str_t                         from, to;
+    ngx_buf_t                        *nb;
+    ngx_connection_t                 *c;
+    ngx_xmpp_federation_pair_t       *pair;
+    ngx_xmpp_federation_parser_t     *p;
+    ngx_xmpp_federation_main_conf_t  *fmcf;
+
+    c = s->connection;
+    p = ctx->parser;
+
+    fmcf = ngx_stream_get_module_main_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (ngx_xmpp_federation_jid_domain(&p->from, &from) != NGX_OK
+        || ngx_xmpp_federation_jid_domain(&p->to, &to) != NGX_OK
+        || !ngx_xmpp_federation_is_local(fmcf, &from)
+        || ngx_xmpp_federation_find_partner(fmcf, &to) != ctx->partner)
+    {
+        ngx_xmpp_federation_stream_error(s, ctx,
+                                         ngx_xmpp_err_improper_addressing,
+                                         "outbound stanza not from a local "
+                                         "domain to the stream's partner");
+        return NGX_DONE;
+    }
+
+    ctx->bouncing = 1;
+
+    if (ngx_xmpp_federation_is(&p->type, "error")
+        || (ngx_xmpp_federation_is(&p->name, "iq")
+            && ngx_xmpp_federation_is(&p->type, "result")))
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "outbound %V to \"%V\" dropped: not relayed yet, and "
+                      "errors and results are not answered",
+                      &p->name, &p->to);
+        goto flush;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "outbound %V from \"%V\" to \"%V\" bounced: outbound "
+                  "stanzas are not relayed yet", &p->name, &p->from, &p->to);
+
+    len = sizeof("< from='' to='' id='' type='error'><error type='cancel'>"
+                 "<remote-server-not-found xmlns='"
+                 "urn:ietf:params:xml:ns:xmpp-stanzas'/></error></>") - 1
+          + 2 * p->name.len
+          + ngx_xmpp_federation_escape(NULL, &p->to)
+          + ngx_xmpp_federation_escape(NULL, &p->from)
+          + ngx_xmpp_federation_escape(NULL, &p->id);
+
+    if (ctx->bounces == NULL
+        || (size_t) (ctx->bounces->end - ctx->bounces->last) < len)
+    {
+        nb = ngx_create_temp_buf(c->pool, ngx_max(len, 1024)
+                                 + (ctx->bounces
+                                    ? 2 * (ctx->bounces->last
+                                           - ctx->bounces->pos)
+                                    : 0));
+        if (nb == NULL) {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return NGX_ERROR;
+        }
+
+        if (ctx->bounces) {
+            nb->last = ngx_cpymem(nb->last, ctx->bounces->pos,
+                                  ctx->bounces->last - ctx->bounces->pos);
+        }
+
+        ctx->bounces = nb;
+    }
+
+    b = ctx->bounces->last;
+
+    b = ngx_sprintf(b, "<%V from='", &p->name);
+    b += ngx_xmpp_federation_escape(b, &p->to);
+    b = ngx_cpymem(b, "' to='", 6);
+    b += ngx_xmpp_federation_escape(b, &p->from);
+
+    if (p->id.len) {
+        b = ngx_cpymem(b, "' id='", 6);
+        b += ngx_xmpp_federation_escape(b, &p->id);
+    }
+
+    b = ngx_sprintf(b, "' type='error'><error type='cancel'>"
+                    "<remote-server-not-found xmlns='"
+                    "urn:ietf:params:xml:ns:xmpp-stanzas'/></error></%V>",
+                    &p->name);
+
+    ctx->bounces->last = b;
+
+    /* the edge speaks for the partner's domain to the sender's domain */
+
+    pair = ngx_xmpp_federation_find_pair(ctx, &to, &from);
+
+    if (pair == NULL) {
+        pair = ngx_array_push(&ctx->pairs);
+        if (pair == NULL) {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(pair, sizeof(ngx_xmpp_federation_pair_t));
+
+        pair->remote.data = ngx_pnalloc(c->pool, to.len + from.len);
+        if (pair->remote.data == NULL) {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return NGX_ERROR;
+        }
+
+        pair->remote.len = to.len;
+        ngx_strlow(pair->remote.data, to.data, to.len);
+        pair->local.data = pair->remote.data + to.len;
+        pair->local.len = from.len;
+        ngx_strlow(pair->local.data, from.data, from.len);
+
+        switch (ngx_xmpp_federation_vouch(s, ctx, pair)) {
+
+        case NGX_OK:
+            return NGX_OK;
+
+        case NGX_ERROR:
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return NGX_ERROR;
+
+        default:
+            pair->state = ngx_xmpp_pair_failed;
+            break;
+        }
+    }
+
+flush:
+
+    ngx_xmpp_federation_bounce_flush(s, ctx);
+
+    return ctx->quit ? NGX_DONE : NGX_OK;
+}
+
+
+/* the bounces go when every domain they come from is accepted */
+
+static void
+ngx_xmpp_federation_bounce_flush(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_uint_t                   i;
+    ngx_xmpp_federation_pair_t  *pair;
+    ngx_xmpp_federation_peer_t  *gw;
+
+    pair = ctx->pairs.elts;
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        if (pair[i].state == ngx_xmpp_pair_vouching
+            || pair[i].state == ngx_xmpp_pair_verifying)
+        {
+            return;
+        }
+    }
+
+    gw = ctx->gateway;
+
+    if (gw && ctx->bounces && ctx->bounces->pos < ctx->bounces->last) {
+        if (ngx_xmpp_federation_peer_write(gw, ctx->bounces->pos,
+                                           ctx->bounces->last
+                                           - ctx->bounces->pos)
+            != NGX_OK)
+        {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        ctx->bounces->pos = ctx->bounces->start;
+        ctx->bounces->last = ctx->bounces->start;
+    }
+
+    if (ctx->gateway && ctx->gateway->out->pos != ctx->gateway->out->last) {
+        /* the write event says when they are out */
+        return;
+    }
+
+    ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_policy_violation,
+                                     "outbound stanzas are not relayed yet");
+}
+
+
+static void
+ngx_xmpp_federation_outbound_handler(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_peer_t *peer,
+    ngx_int_t rc)
+{
+    ngx_uint_t                     i;
+    ngx_xmpp_federation_pair_t    *pair;
+    ngx_xmpp_federation_parser_t  *p;
+
+    pair = ctx->pairs.elts;
+
+    switch (rc) {
+
+    case NGX_OK:
+        for (i = 0; i < ctx->pairs.nelts && ctx->gateway; i++) {
+            if (pair[i].state == ngx_xmpp_pair_vouching
+                && ngx_xmpp_federation_gateway_result(s, ctx, &pair[i])
+                   != NGX_OK)
+            {
+                ngx_xmpp_federation_finalize(s,
+                                            NGX_STREAM_INTERNAL_SERVER_ERROR);
+                return;
+            }
+        }
+
+        return;
+
+    case NGX_DONE:
+        ngx_xmpp_federation_bounce_flush(s, ctx);
+        return;
+
+    case NGX_ERROR:
+        ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                      "gateway stream for bounces ended: %s", peer->reason);
+
+        ctx->gateway = NULL;
+        ngx_xmpp_federation_peer_close(peer);
+
+        for (i = 0; i < ctx->pairs.nelts; i++) {
+            if (pair[i].state == ngx_xmpp_pair_vouching) {
+                pair[i].state = ngx_xmpp_pair_failed;
+            }
+        }
+
+        ngx_xmpp_federation_bounce_flush(s, ctx);
+        return;
+    }
+
+    p = peer->parser;
+
+    if (!ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_DIALBACK)
+        || !ngx_xmpp_federation_is(&p->name, "result"))
+    {
+        return;
+    }
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        if (pair[i].state == ngx_xmpp_pair_vouching
+            && pair[i].remote.len == p->to.len
+            && pair[i].local.len == p->from.len
+            && ngx_strncasecmp(pair[i].remote.data, p->to.data, p->to.len)
+               == 0
+            && ngx_strncasecmp(pair[i].local.data, p->from.data, p->from.len)
+               == 0)
+        {
+            pair[i].state = ngx_xmpp_federation_is(&p->type, "valid")
+                            ? ngx_xmpp_pair_valid : ngx_xmpp_pair_failed;
+
+            ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                          "gateway %s \"%V\" for \"%V\" to take bounces",
+                          pair[i].state == ngx_xmpp_pair_valid
+                          ? "accepted" : "refused",
+                          &pair[i].remote, &pair[i].local);
+        }
+    }
+
+    ngx_xmpp_federation_bounce_flush(s, ctx);
 }

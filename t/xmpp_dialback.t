@@ -114,7 +114,7 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(44);
+$t->try_run('no xmpp_federation')->plan(46);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -317,9 +317,17 @@ $x->send("<db:verify from='contoso.example' to='fabrikam.example' id='a&apos;b'>
 like($x->read_element('db:verify'), qr/id='a&apos;b' type='invalid'/,
 	'forged key invalid, id escaped');
 
-$x->send("<message from='alice\@contoso.example' to='bob\@fabrikam.example'/>");
+$x->send("<message from='alice\@contoso.example/r' to='bob\@fabrikam.example'"
+	. " id='out1'><body>hi</body></message>"
+	. "<message from='alice\@contoso.example/r' to='bob\@fabrikam.example'"
+	. " type='error' id='out2'/>");
 is($x->stream_error(), 'policy-violation',
 	'outbound stanza refused until outbound relay exists');
+ok(wait_for_log("<message from='bob\@fabrikam.example'"
+	. " to='alice\@contoso.example/r' id='out1' type='error'>"
+	. "<error type='cancel'><remote-server-not-found"),
+	'outbound stanza bounced to its sender through the gateway');
+unlike($t->read_file('gateway.log'), qr/out2/, 'errors are not bounced');
 
 # the internal listener verifies the gateway's own key against the gateway
 

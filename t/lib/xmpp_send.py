@@ -105,6 +105,7 @@ def main():
 
     x.add_event_handler('session_start', session_start)
     x.add_event_handler('message', message)
+    x.add_event_handler('message_error', message)
     x.add_event_handler('failed_auth', failed_auth)
     x.add_event_handler('connection_failed', connection_failed)
     x.add_event_handler('disconnected', disconnected)
