@@ -49,6 +49,16 @@ typedef struct ngx_xmpp_federation_verify_s  ngx_xmpp_federation_verify_t;
 #define NGX_XMPP_FEDERATION_OPTIONAL       1
 #define NGX_XMPP_FEDERATION_NOT_SUPPORTED  2
 
+/* $xmpp_tls */
+#define NGX_XMPP_FEDERATION_TLS_NONE       0
+#define NGX_XMPP_FEDERATION_TLS_STARTTLS   1
+#define NGX_XMPP_FEDERATION_TLS_DIRECT     2
+
+/* $xmpp_auth */
+#define NGX_XMPP_FEDERATION_AUTH_NONE      0
+#define NGX_XMPP_FEDERATION_AUTH_EXTERNAL  1
+#define NGX_XMPP_FEDERATION_AUTH_DIALBACK  2
+
 
 /* stream error conditions, RFC 6120 section 4.9.3 */
 typedef enum {
@@ -120,6 +130,15 @@ typedef struct {
     size_t                          hold_size;
     size_t                          buffer_size;
     ngx_stream_upstream_srv_conf_t *pass;
+
+    ngx_ssl_t                       ssl;
+    ngx_array_t                    *certificates;
+    ngx_array_t                    *certificate_keys;
+    ngx_str_t                       trusted_certificate;
+    ngx_str_t                       crl;
+    ngx_uint_t                      protocols;
+    ngx_str_t                       ciphers;
+    ngx_int_t                       verify_depth;
 } ngx_xmpp_federation_srv_conf_t;
 
 
@@ -160,6 +179,7 @@ typedef struct {
     ngx_str_t                       id;
     ngx_str_t                       type;
     ngx_str_t                       version;
+    ngx_str_t                       mechanism;
     ngx_str_t                       text;          /* character data */
     ngx_str_t                       ns_decls;      /* prefixes of header */
 
@@ -194,6 +214,7 @@ typedef struct {
     ngx_xmpp_federation_pair_state_e  state;
     ngx_uint_t                        held;     /* its stanzas waiting */
     ngx_xmpp_federation_error_e       failure;  /* for those, if it fails */
+    unsigned                          sasl:1;   /* by SASL, not dialback */
 } ngx_xmpp_federation_pair_t;
 
 
@@ -270,6 +291,10 @@ typedef struct {
     unsigned                        preread_done:1;
     unsigned                        ended:1;       /* peer sent its end */
     unsigned                        bouncing:1;
+    unsigned                        tls:2;         /* $xmpp_tls */
+    unsigned                        auth:2;        /* $xmpp_auth */
+    unsigned                        starttls:1;    /* <proceed/> on its way */
+    unsigned                        sasl_offered:1;
 } ngx_xmpp_federation_ctx_t;
 
 
@@ -318,6 +343,12 @@ void ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_release(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_restart(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_resume(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+ngx_int_t ngx_xmpp_federation_tls_offered(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
 
 /* ngx_xmpp_federation_dialback.c */
 ngx_int_t ngx_xmpp_federation_db_result(ngx_stream_session_t *s,
@@ -327,6 +358,9 @@ ngx_int_t ngx_xmpp_federation_db_verify(ngx_stream_session_t *s,
 ngx_int_t ngx_xmpp_federation_dialback_key(ngx_xmpp_federation_main_conf_t
     *fmcf, ngx_str_t *receiving, ngx_str_t *originating, ngx_str_t *id,
     u_char *key);
+ngx_xmpp_federation_pair_t *ngx_xmpp_federation_add_pair(
+    ngx_stream_session_t *s, ngx_xmpp_federation_ctx_t *ctx,
+    ngx_str_t *remote, ngx_str_t *local);
 ngx_xmpp_federation_pair_t *ngx_xmpp_federation_find_pair(
     ngx_xmpp_federation_ctx_t *ctx, ngx_str_t *remote, ngx_str_t *local);
 void ngx_xmpp_federation_verify_cancel_all(ngx_xmpp_federation_ctx_t *ctx);
@@ -351,6 +385,21 @@ void ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx);
 ngx_int_t ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+
+/* ngx_xmpp_federation_ssl.c */
+char *ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
+    ngx_xmpp_federation_srv_conf_t *prev,
+    ngx_xmpp_federation_srv_conf_t *conf);
+ngx_int_t ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_tls_handshake(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+
+/* ngx_xmpp_federation_sasl.c */
+ngx_int_t ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, const char **reason);
+ngx_int_t ngx_xmpp_federation_auth(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 
 

@@ -194,12 +194,20 @@ ngx_xmpp_federation_db_result(ngx_stream_session_t *s,
                                            "partner");
         }
 
-        if (partner->tls == NGX_XMPP_FEDERATION_REQUIRED) {
+        if (partner->tls == NGX_XMPP_FEDERATION_REQUIRED && !ctx->tls) {
             ngx_xmpp_federation_stream_error(s, ctx,
                                              ngx_xmpp_err_policy_violation,
                                              "dialback before TLS, and "
                                              "the partner requires TLS");
             return NGX_DONE;
+        }
+
+        if (partner->tls == NGX_XMPP_FEDERATION_REQUIRED
+            && partner->sasl == NGX_XMPP_FEDERATION_REQUIRED)
+        {
+            return ngx_xmpp_federation_result_error(s, ctx,
+                                           "policy-violation",
+                                           "the partner requires SASL");
         }
     }
 
@@ -220,24 +228,11 @@ ngx_xmpp_federation_db_result(ngx_stream_session_t *s,
         }
 
     } else {
-        pair = ngx_array_push(&ctx->pairs);
+        pair = ngx_xmpp_federation_add_pair(s, ctx, &p->from, &p->to);
         if (pair == NULL) {
             ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
             return NGX_ERROR;
         }
-
-        pair->remote.data = ngx_pnalloc(c->pool, p->from.len + p->to.len);
-        if (pair->remote.data == NULL) {
-            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-            return NGX_ERROR;
-        }
-
-        pair->remote.len = p->from.len;
-        ngx_strlow(pair->remote.data, p->from.data, p->from.len);
-
-        pair->local.data = pair->remote.data + p->from.len;
-        pair->local.len = p->to.len;
-        ngx_strlow(pair->local.data, p->to.data, p->to.len);
     }
 
     if (ctx->verifying >= fscf->max_dialback) {
@@ -354,10 +349,35 @@ ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
                                        : ngx_xmpp_pair_failed;
     }
 
+    if (pair->sasl) {
+
+        /* SASL said <success/> already: only the gateway's word counts */
+
+        if (pair->state != ngx_xmpp_pair_valid) {
+            ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                          "\"%V\" not accepted by the gateway", &pair->remote);
+            ngx_xmpp_federation_stream_error(s, ctx, pair->failure,
+                                             "the gateway did not accept "
+                                             "the domain");
+            return;
+        }
+
+        if (ctx->state == ngx_xmpp_st_features) {
+            ngx_xmpp_federation_relay_start(s, ctx);
+        }
+
+        ngx_xmpp_federation_release(s, ctx);
+        return;
+    }
+
     if (pair->state == ngx_xmpp_pair_valid) {
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "dialback: \"%V\" authenticated for \"%V\"",
                       &pair->remote, &pair->local);
+
+        if (ctx->auth == NGX_XMPP_FEDERATION_AUTH_NONE) {
+            ctx->auth = NGX_XMPP_FEDERATION_AUTH_DIALBACK;
+        }
 
         if (ctx->state == ngx_xmpp_st_features) {
             ngx_xmpp_federation_relay_start(s, ctx);
@@ -376,6 +396,41 @@ ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
     }
 
     ngx_xmpp_federation_release(s, ctx);
+}
+
+
+ngx_xmpp_federation_pair_t *
+ngx_xmpp_federation_add_pair(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_str_t *remote, ngx_str_t *local)
+{
+    ngx_xmpp_federation_pair_t  *pair;
+
+    pair = ngx_xmpp_federation_find_pair(ctx, remote, local);
+    if (pair) {
+        return pair;
+    }
+
+    pair = ngx_array_push(&ctx->pairs);
+    if (pair == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(pair, sizeof(ngx_xmpp_federation_pair_t));
+
+    pair->remote.data = ngx_pnalloc(s->connection->pool,
+                                    remote->len + local->len);
+    if (pair->remote.data == NULL) {
+        return NULL;
+    }
+
+    pair->remote.len = remote->len;
+    ngx_strlow(pair->remote.data, remote->data, remote->len);
+
+    pair->local.data = pair->remote.data + remote->len;
+    pair->local.len = local->len;
+    ngx_strlow(pair->local.data, local->data, local->len);
+
+    return pair;
 }
 
 

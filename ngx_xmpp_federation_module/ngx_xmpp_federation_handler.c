@@ -29,10 +29,6 @@ static ngx_int_t ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static ngx_int_t ngx_xmpp_federation_element(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
-static ngx_int_t ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx);
-static ngx_int_t ngx_xmpp_federation_auth(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx);
 static ngx_int_t ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static void ngx_xmpp_federation_end_stream(ngx_stream_session_t *s,
@@ -118,6 +114,11 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
     ctx->state = ngx_xmpp_st_header;
     ctx->error = ngx_xmpp_err_none;
     ctx->status = NGX_STREAM_OK;
+
+    if (c->ssl) {
+        /* "listen ... ssl": XEP-0368 direct TLS */
+        ctx->tls = NGX_XMPP_FEDERATION_TLS_DIRECT;
+    }
 
     c->read->handler = ngx_xmpp_federation_read_handler;
     c->write->handler = ngx_xmpp_federation_write_handler;
@@ -313,6 +314,11 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
             return NGX_DONE;
         }
 
+        if (rc == NGX_DECLINED) {
+            /* a new stream: the rest of this read is of the old one */
+            return ctx->quit ? NGX_DONE : NGX_OK;
+        }
+
         if (rc != NGX_OK) {
             return NGX_DONE;
         }
@@ -326,6 +332,7 @@ static ngx_int_t
 ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
+    ngx_uint_t                   i;
     const char                  *reason;
     ngx_connection_t            *c;
     ngx_xmpp_federation_error_e  err;
@@ -364,6 +371,21 @@ ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
 
     ctx->state = ngx_xmpp_st_features;
     c->log->action = "negotiating XMPP stream";
+
+    if (ctx->quit) {
+        /* the features found no way to authenticate */
+        return NGX_DONE;
+    }
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        if (((ngx_xmpp_federation_pair_t *) ctx->pairs.elts)[i].state
+            == ngx_xmpp_pair_valid)
+        {
+            /* a restarted stream, already handed to the gateway */
+            ngx_xmpp_federation_relay_start(s, ctx);
+            break;
+        }
+    }
 
     ngx_xmpp_federation_send(s);
 
@@ -451,49 +473,6 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
 
 
 /*
- * Authentication is not there yet: STARTTLS, SASL EXTERNAL and dialback
- * come with their own files.  Until then nothing authenticates a peer.
- */
-
-static ngx_int_t
-ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx)
-{
-    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
-                  "XMPP STARTTLS refused: no TLS context");
-
-    ctx->error = ngx_xmpp_err_none;
-    ctx->quit = 1;
-    ctx->status = NGX_STREAM_FORBIDDEN;
-
-    /* RFC 6120 5.4.2.2: <failure/>, then the stream closes */
-
-    if (ngx_xmpp_federation_out_str(ctx,
-            "<failure xmlns='" NGX_XMPP_FEDERATION_NS_TLS "'/>"
-            "</stream:stream>")
-        != NGX_OK)
-    {
-        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-        return NGX_ERROR;
-    }
-
-    ngx_xmpp_federation_send(s);
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_xmpp_federation_auth(ngx_stream_session_t *s,
-    ngx_xmpp_federation_ctx_t *ctx)
-{
-    ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_not_authorized,
-                                     "SASL was not offered");
-    return NGX_DONE;
-}
-
-
-/*
  * A stanza of the relay: its "from" is a domain this stream authenticated
  * for its "to", a local domain (RFC 6120 8.1.1.1, XEP-0220 section 4).
  * Only then its bytes go on.
@@ -519,6 +498,16 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
         /* no outbound relay yet: the stanza goes back to its sender */
         ngx_xmpp_federation_cut(ctx);
         return ngx_xmpp_federation_bounce(s, ctx);
+    }
+
+    if (ctx->partner && ctx->partner->tls == NGX_XMPP_FEDERATION_REQUIRED
+        && !ctx->tls)
+    {
+        ngx_xmpp_federation_stream_error(s, ctx,
+                                         ngx_xmpp_err_policy_violation,
+                                         "stanza before TLS, and the "
+                                         "partner requires TLS");
+        return NGX_DONE;
     }
 
     if (ctx->pairs.nelts == 0) {
@@ -1001,37 +990,104 @@ ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
 }
 
 
-/* what the partner's policy allows, before any authentication */
+/*
+ * What the partner's policy allows at this point of the negotiation,
+ * Lync's matrix: STARTTLS outside TLS; dialback outside TLS unless TLS is
+ * required, inside TLS unless both TLS and SASL are required; SASL
+ * EXTERNAL inside TLS, with a certificate that names the partner.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_tls_offered(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_xmpp_federation_main_conf_t  *fmcf;
+
+    if (ctx->partner) {
+        return ctx->partner->tls != NGX_XMPP_FEDERATION_NOT_SUPPORTED;
+    }
+
+    fmcf = ngx_stream_get_module_main_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    return fmcf->any_dialback_tls;
+}
+
 
 static ngx_int_t
 ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
-    ngx_uint_t                        tls, dialback;
-    ngx_xmpp_federation_srv_conf_t   *fscf;
-    ngx_xmpp_federation_main_conf_t  *fmcf;
-
-    fmcf = ngx_stream_get_module_main_conf(s,
-                                          ngx_stream_xmpp_federation_module);
+    ngx_uint_t                       tls, dialback, sasl;
+    const char                      *reason;
+    ngx_xmpp_federation_partner_t   *partner;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
 
     fscf = ngx_stream_get_module_srv_conf(s,
                                           ngx_stream_xmpp_federation_module);
+
+    partner = ctx->partner;
+    sasl = 0;
 
     if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
         /* the gateway's stream: dialback only, for now */
         tls = NGX_XMPP_FEDERATION_NOT_SUPPORTED;
         dialback = 1;
 
-    } else if (ctx->partner) {
-        tls = ctx->partner->tls;
-        dialback = ctx->partner->dialback;
+    } else if (ctx->tls) {
+        tls = NGX_XMPP_FEDERATION_NOT_SUPPORTED;
+
+        if (partner) {
+            dialback = partner->dialback
+                       && !(partner->tls == NGX_XMPP_FEDERATION_REQUIRED
+                            && partner->sasl == NGX_XMPP_FEDERATION_REQUIRED);
+
+            if (partner->sasl != NGX_XMPP_FEDERATION_NOT_SUPPORTED
+                && ctx->auth != NGX_XMPP_FEDERATION_AUTH_EXTERNAL)
+            {
+                if (ngx_xmpp_federation_sasl_usable(s, ctx, &reason)
+                    == NGX_OK)
+                {
+                    sasl = 1;
+
+                } else {
+                    ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                                  "SASL EXTERNAL not offered to \"%V\": %s",
+                                  &ctx->from, reason);
+                }
+            }
+
+            if (!sasl && !dialback
+                && partner->sasl == NGX_XMPP_FEDERATION_REQUIRED
+                && ctx->auth == NGX_XMPP_FEDERATION_AUTH_NONE)
+            {
+                ngx_xmpp_federation_stream_error(s, ctx,
+                                             ngx_xmpp_err_not_authorized,
+                                             "SASL is required and the "
+                                             "certificate is not usable");
+                return NGX_OK;
+            }
+
+        } else {
+            dialback = 1;
+        }
+
+    } else if (partner) {
+        /* per policy; without a certificate STARTTLS then fails */
+        tls = partner->tls;
+
+        dialback = partner->dialback
+                   && partner->tls != NGX_XMPP_FEDERATION_REQUIRED;
 
     } else {
         /* no "from": a legacy dialback peer, the partner comes later */
-        tls = fmcf->any_dialback_tls ? NGX_XMPP_FEDERATION_OPTIONAL
-                                     : NGX_XMPP_FEDERATION_NOT_SUPPORTED;
+        tls = ngx_xmpp_federation_tls_offered(s, ctx)
+              ? NGX_XMPP_FEDERATION_OPTIONAL
+              : NGX_XMPP_FEDERATION_NOT_SUPPORTED;
         dialback = 1;
     }
+
+    ctx->sasl_offered = sasl;
 
     if (ngx_xmpp_federation_out_str(ctx, "<stream:features>") != NGX_OK) {
         return NGX_ERROR;
@@ -1055,6 +1111,16 @@ ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
         }
     }
 
+    if (sasl) {
+        if (ngx_xmpp_federation_out_str(ctx,
+                "<mechanisms xmlns='" NGX_XMPP_FEDERATION_NS_SASL "'>"
+                "<mechanism>EXTERNAL</mechanism></mechanisms>")
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
     if (dialback) {
         if (ngx_xmpp_federation_out_str(ctx,
                 "<dialback xmlns='urn:xmpp:features:dialback'>"
@@ -1066,6 +1132,50 @@ ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
     }
 
     return ngx_xmpp_federation_out_str(ctx, "</stream:features>");
+}
+
+
+/* a new stream on the same connection: after STARTTLS or SASL */
+
+void
+ngx_xmpp_federation_restart(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_buf_t  *b;
+
+    b = ctx->in;
+
+    b->pos = b->start;
+    b->last = b->start;
+    ctx->base = 0;
+    ctx->fwd = b->start;
+    ctx->checked = b->start;
+
+    ctx->state = ngx_xmpp_st_header;
+    ctx->header_sent = 0;
+    ctx->header_seen = 0;
+
+    s->connection->log->action = "reading XMPP stream header";
+
+    if (ngx_xmpp_federation_parser_reset(ctx->parser) != NGX_OK) {
+        ctx->quit = 1;
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+    }
+}
+
+
+void
+ngx_xmpp_federation_resume(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_connection_t  *c;
+
+    c = s->connection;
+
+    c->read->handler = ngx_xmpp_federation_read_handler;
+    c->write->handler = ngx_xmpp_federation_write_handler;
+
+    ngx_xmpp_federation_read_handler(c->read);
 }
 
 
@@ -1198,6 +1308,11 @@ ngx_xmpp_federation_send(ngx_stream_session_t *s)
 
     if (ctx->quit) {
         ngx_xmpp_federation_linger(s, ctx);
+        return;
+    }
+
+    if (ctx->starttls) {
+        ngx_xmpp_federation_tls_handshake(s, ctx);
         return;
     }
 

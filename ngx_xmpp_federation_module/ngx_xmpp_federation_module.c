@@ -70,6 +70,15 @@ static ngx_conf_enum_t  ngx_xmpp_federation_negotiation[] = {
 };
 
 
+static ngx_conf_bitmask_t  ngx_xmpp_federation_protocols[] = {
+    { ngx_string("TLSv1"), NGX_SSL_TLSv1 },
+    { ngx_string("TLSv1.1"), NGX_SSL_TLSv1_1 },
+    { ngx_string("TLSv1.2"), NGX_SSL_TLSv1_2 },
+    { ngx_string("TLSv1.3"), NGX_SSL_TLSv1_3 },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_str_t  ngx_xmpp_federation_negotiation_names[] = {
     ngx_string("required"),
     ngx_string("optional"),
@@ -161,6 +170,55 @@ static ngx_command_t  ngx_xmpp_federation_commands[] = {
       ngx_conf_set_size_slot,
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_xmpp_federation_srv_conf_t, max_stanza_size),
+      NULL },
+
+    { ngx_string("xmpp_federation_certificate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_array_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, certificates),
+      NULL },
+
+    { ngx_string("xmpp_federation_certificate_key"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_array_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, certificate_keys),
+      NULL },
+
+    { ngx_string("xmpp_federation_trusted_certificate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, trusted_certificate),
+      NULL },
+
+    { ngx_string("xmpp_federation_crl"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, crl),
+      NULL },
+
+    { ngx_string("xmpp_federation_protocols"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_bitmask_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, protocols),
+      &ngx_xmpp_federation_protocols },
+
+    { ngx_string("xmpp_federation_ciphers"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, ciphers),
+      NULL },
+
+    { ngx_string("xmpp_federation_verify_depth"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, verify_depth),
       NULL },
 
     /* inside xmpp_federation_partner { } */
@@ -500,6 +558,9 @@ ngx_xmpp_federation_create_srv_conf(ngx_conf_t *cf)
     fscf->max_stanza_size = NGX_CONF_UNSET_SIZE;
     fscf->hold_size = NGX_CONF_UNSET_SIZE;
     fscf->buffer_size = NGX_CONF_UNSET_SIZE;
+    fscf->certificates = NGX_CONF_UNSET_PTR;
+    fscf->certificate_keys = NGX_CONF_UNSET_PTR;
+    fscf->verify_depth = NGX_CONF_UNSET;
 
     return fscf;
 }
@@ -527,6 +588,10 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               262144);
     ngx_conf_merge_size_value(conf->hold_size, prev->hold_size, 65536);
     ngx_conf_merge_size_value(conf->buffer_size, prev->buffer_size, 4096);
+
+    if (ngx_xmpp_federation_ssl_merge(cf, prev, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->mode == NGX_XMPP_FEDERATION_OFF && !conf->preread) {
         return NGX_CONF_OK;

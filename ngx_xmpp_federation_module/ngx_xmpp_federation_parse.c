@@ -412,6 +412,7 @@ ngx_xmpp_federation_attributes(ngx_xmpp_federation_parser_t *p,
     ngx_str_null(&p->id);
     ngx_str_null(&p->type);
     ngx_str_null(&p->version);
+    ngx_str_null(&p->mechanism);
 
     for ( /* void */ ; atts[0]; atts += 2) {
 
@@ -431,6 +432,9 @@ ngx_xmpp_federation_attributes(ngx_xmpp_federation_parser_t *p,
 
         } else if (len == 7 && ngx_strncmp(atts[0], "version", 7) == 0) {
             dst = &p->version;
+
+        } else if (len == 9 && ngx_strncmp(atts[0], "mechanism", 9) == 0) {
+            dst = &p->mechanism;
 
         } else {
             continue;

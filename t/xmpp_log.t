@@ -140,7 +140,7 @@ is($line{public_verified},
 is($line{no_from}, '|contoso.example|||', 'no from: from and partner empty');
 is($line{stanza},
 	'fabrikam.example|contoso.example|fabrikam.example|federated|'
-	. 'not-authorized', 'stanza: not-authorized');
+	. 'policy-violation', 'stanza before required tls: policy-violation');
 is($line{host_unknown}, 'example.org|example.net|||host-unknown',
 	'to not local: host-unknown');
 is($line{policy}, 'example.org|contoso.example|||policy-violation',

@@ -127,7 +127,7 @@ stream {
 
 EOF
 
-$t->try_run('no xmpp_federation')->plan(72);
+$t->try_run('no xmpp_federation')->plan(73);
 
 ###############################################################################
 
@@ -196,9 +196,9 @@ sub refuse_raw {
 # a top-level element after a good header and the features
 
 sub refuse_element {
-	my ($data) = @_;
+	my ($data, $from) = @_;
 
-	my ($x, $h, $f) = negotiate(from => 'fabrikam.example');
+	my ($x, $h, $f) = negotiate(from => $from // 'fabrikam.example');
 	return 'no features' unless defined $f;
 
 	$x->send($data);
@@ -231,8 +231,8 @@ ok(length $id2 && $id1 ne $id2, 'header: ids differ between streams');
 
 like($f, qr!<starttls xmlns='$TLSNS'><required/></starttls>!,
 	'tls required: starttls with required');
-like($f, qr!<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>!,
-	'dialback on: dialback feature with errors');
+ok(defined $f && $f !~ /dialback/,
+	'tls required: no dialback before tls');
 ok(defined $f && $f !~ /mechanisms|xmpp-sasl/, 'no sasl mechanisms before tls');
 
 (undef, undef, $f) = negotiate(from => 'tailspin.example');
@@ -240,6 +240,8 @@ like($f, qr!<starttls xmlns='$TLSNS'/>!, 'tls optional: starttls');
 ok(defined $f && $f !~ /required/, 'tls optional: starttls not required');
 ok(defined $f && $f !~ /mechanisms|xmpp-sasl/,
 	'tls optional: no sasl before tls');
+like($f, qr!<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>!,
+	'tls optional, dialback on: dialback feature with errors');
 
 (undef, undef, $f) = negotiate(from => 'litware.example');
 ok(defined $f && $f !~ /starttls/, 'tls not_supported: no starttls');
@@ -252,7 +254,7 @@ like($f, qr!<starttls xmlns='$TLSNS'><required/>!, 'dialback off: starttls');
 # domains
 
 ($x, $h, $f) = negotiate(from => 'corp.fabrikam.example');
-like($f, qr!<starttls xmlns='$TLSNS'><required/>.*<dialback !,
+like($f, qr!<starttls xmlns='$TLSNS'><required/>!,
 	'additional domain: accepted with the partner policy');
 is($x->attr($h, 'to'), 'corp.fabrikam.example', 'additional domain: to');
 
@@ -307,16 +309,18 @@ $x->send(hdr(to => 'contoso.example', from => 'fabrikam.example')
 like(($x->read_header() // '') . ($x->read_element('stream:features') // ''),
 	qr!^<\?xml.*<stream:features>.*</stream:features>$!s,
 	'pipelined stanza: features first');
-is(refusal($x), 'not-authorized end closed', 'pipelined stanza: not-authorized');
+is(refusal($x), 'policy-violation end closed',
+	'pipelined stanza before required tls: policy-violation');
 
 is(refuse_element("<message from='a\@fabrikam.example' "
 		. "to='b\@contoso.example'><body>hi</body></message>"),
-	'not-authorized end closed', 'message: not-authorized');
-is(refuse_element("<presence from='a\@fabrikam.example' "
-		. "to='b\@contoso.example'/>"),
+	'policy-violation end closed', 'message before required tls: policy-violation');
+is(refuse_element("<presence from='a\@tailspin.example' "
+		. "to='b\@contoso.example'/>", 'tailspin.example'),
 	'not-authorized end closed', 'presence: not-authorized');
-is(refuse_element("<iq type='get' id='1' from='fabrikam.example' "
-		. "to='contoso.example'><ping xmlns='urn:xmpp:ping'/></iq>"),
+is(refuse_element("<iq type='get' id='1' from='tailspin.example' "
+		. "to='contoso.example'><ping xmlns='urn:xmpp:ping'/></iq>",
+		'tailspin.example'),
 	'not-authorized end closed', 'iq: not-authorized');
 is(refuse_element("<db:result xmlns:db='jabber:server:dialback' "
 		. "from='fabrikam.example' to='contoso.example'>"

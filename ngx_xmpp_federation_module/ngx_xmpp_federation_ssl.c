@@ -1,0 +1,265 @@
+
+/*
+ * Copyright (C) ngx_xmpp_federation_module authors
+ */
+
+
+/*
+ * TLS: the context of a server from the xmpp_federation_certificate
+ * family of directives, and STARTTLS (RFC 6120 section 5) as nginx's mail
+ * module does it: <proceed/>, forget everything read before, handshake on
+ * the next read, then a new stream.
+ *
+ * The context asks for a client certificate but never fails a handshake
+ * over it: the certificate is judged later, against the trusted
+ * certificates, CRLs and depth of this server, when SASL EXTERNAL is
+ * considered (ngx_xmpp_federation_sasl.c).
+ */
+
+
+#include "ngx_xmpp_federation.h"
+
+
+static int ngx_xmpp_federation_verify_any(int ok, X509_STORE_CTX *store);
+static void ngx_xmpp_federation_handshake_handler(ngx_connection_t *c);
+
+
+char *
+ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
+    ngx_xmpp_federation_srv_conf_t *prev, ngx_xmpp_federation_srv_conf_t *conf)
+{
+    ngx_str_t            curve, sess;
+    ngx_pool_cleanup_t  *cln;
+
+    ngx_conf_merge_ptr_value(conf->certificates, prev->certificates, NULL);
+    ngx_conf_merge_ptr_value(conf->certificate_keys, prev->certificate_keys,
+                             NULL);
+    ngx_conf_merge_str_value(conf->trusted_certificate,
+                             prev->trusted_certificate, "");
+    ngx_conf_merge_str_value(conf->crl, prev->crl, "");
+    ngx_conf_merge_bitmask_value(conf->protocols, prev->protocols,
+                                 (NGX_CONF_BITMASK_SET
+                                  |NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3));
+    ngx_conf_merge_str_value(conf->ciphers, prev->ciphers,
+                             "HIGH:!aNULL:!MD5");
+    ngx_conf_merge_value(conf->verify_depth, prev->verify_depth, 3);
+
+    if (conf->mode == NGX_XMPP_FEDERATION_OFF) {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->certificates == NULL && conf->trusted_certificate.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->certificates) {
+        if (conf->certificate_keys == NULL
+            || conf->certificate_keys->nelts < conf->certificates->nelts)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no \"xmpp_federation_certificate_key\" is "
+                               "defined for a certificate");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    conf->ssl.log = cf->log;
+
+    if (ngx_ssl_create(&conf->ssl, conf->protocols, NULL) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(&conf->ssl);
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = &conf->ssl;
+
+    if (conf->certificates
+        && ngx_ssl_certificates(cf, &conf->ssl, conf->certificates,
+                                conf->certificate_keys, NULL)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_ssl_ciphers(cf, &conf->ssl, &conf->ciphers, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_str_set(&curve, "auto");
+
+    if (ngx_ssl_ecdh_curve(cf, &conf->ssl, &curve) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* ask for a certificate, judge it later */
+
+    SSL_CTX_set_verify(conf->ssl.ctx, SSL_VERIFY_PEER,
+                       ngx_xmpp_federation_verify_any);
+
+    if (conf->trusted_certificate.len
+        && ngx_ssl_trusted_certificate(cf, &conf->ssl,
+                                       &conf->trusted_certificate,
+                                       conf->verify_depth)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_ssl_crl(cf, &conf->ssl, &conf->crl) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_str_set(&sess, "xmpp_federation");
+
+    if (ngx_ssl_session_cache(&conf->ssl, &sess, conf->certificates,
+                              NGX_SSL_NO_SCACHE, NULL, 300)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static int
+ngx_xmpp_federation_verify_any(int ok, X509_STORE_CTX *store)
+{
+    /* the verdict is read later, in ngx_xmpp_federation_sasl_usable() */
+    return 1;
+}
+
+
+/*
+ * <starttls/>: offered per the partner's "tls", only outside TLS and only
+ * with a certificate of our own.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_connection_t                *c;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    c = s->connection;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (ctx->tls || !ngx_xmpp_federation_tls_offered(s, ctx)
+        || fscf->certificates == NULL)
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "XMPP STARTTLS refused: %s",
+                      ctx->tls ? "TLS is already on"
+                      : fscf->certificates == NULL
+                        ? "no xmpp_federation_certificate"
+                        : "not offered to this partner");
+
+        ctx->quit = 1;
+        ctx->status = NGX_STREAM_FORBIDDEN;
+
+        /* RFC 6120 5.4.2.2: <failure/>, then the stream closes */
+
+        if (ngx_xmpp_federation_out(ctx, (u_char *)
+                "<failure xmlns='" NGX_XMPP_FEDERATION_NS_TLS "'/>"
+                "</stream:stream>",
+                sizeof("<failure xmlns='" NGX_XMPP_FEDERATION_NS_TLS "'/>"
+                       "</stream:stream>") - 1)
+            != NGX_OK)
+        {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return NGX_ERROR;
+        }
+
+        ngx_xmpp_federation_send(s);
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_federation_out(ctx, (u_char *)
+            "<proceed xmlns='" NGX_XMPP_FEDERATION_NS_TLS "'/>",
+            sizeof("<proceed xmlns='" NGX_XMPP_FEDERATION_NS_TLS "'/>") - 1)
+        != NGX_OK)
+    {
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return NGX_ERROR;
+    }
+
+    /* the send starts the handshake once <proceed/> is out */
+
+    ctx->starttls = 1;
+    ngx_xmpp_federation_send(s);
+
+    return NGX_DONE;
+}
+
+
+void
+ngx_xmpp_federation_tls_handshake(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_int_t                        rc;
+    ngx_connection_t                *c;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    c = s->connection;
+    ctx->starttls = 0;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    /* nothing read before TLS counts (RFC 6120 5.4.3.3) */
+
+    ngx_xmpp_federation_restart(s, ctx);
+
+    if (ngx_ssl_create_connection(&fscf->ssl, c, 0) != NGX_OK) {
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    c->log->action = "SSL handshaking";
+
+    rc = ngx_ssl_handshake(c);
+
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = ngx_xmpp_federation_handshake_handler;
+        return;
+    }
+
+    ngx_xmpp_federation_handshake_handler(c);
+}
+
+
+static void
+ngx_xmpp_federation_handshake_handler(ngx_connection_t *c)
+{
+    ngx_stream_session_t       *s;
+    ngx_xmpp_federation_ctx_t  *ctx;
+
+    s = c->data;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    if (!c->ssl->handshaked) {
+        /* RFC 6120 5.4.3.2: the TCP connection ends */
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "XMPP STARTTLS handshake failed");
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_BAD_REQUEST);
+        return;
+    }
+
+    ctx->tls = NGX_XMPP_FEDERATION_TLS_STARTTLS;
+    c->log->action = "reading XMPP stream header";
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0, "XMPP STARTTLS done: %s, %s",
+                  SSL_get_version(c->ssl->connection),
+                  SSL_get_cipher_name(c->ssl->connection));
+
+    ngx_xmpp_federation_resume(s, ctx);
+}
