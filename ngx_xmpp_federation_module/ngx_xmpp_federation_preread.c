@@ -25,6 +25,14 @@ static ngx_int_t ngx_xmpp_federation_variable_partner_type(
     ngx_stream_session_t *s, ngx_stream_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_xmpp_federation_variable_error(ngx_stream_session_t *s,
     ngx_stream_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_xmpp_federation_variable_tls(ngx_stream_session_t *s,
+    ngx_stream_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_xmpp_federation_variable_domains(
+    ngx_stream_session_t *s, ngx_stream_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_xmpp_federation_variable_stanzas(
+    ngx_stream_session_t *s, ngx_stream_variable_value_t *v, uintptr_t data);
+static void ngx_xmpp_federation_variable_set(ngx_stream_variable_value_t *v,
+    ngx_str_t *value);
 
 
 static ngx_stream_variable_t  ngx_xmpp_federation_vars[] = {
@@ -49,7 +57,37 @@ static ngx_stream_variable_t  ngx_xmpp_federation_vars[] = {
       ngx_xmpp_federation_variable_error, 0,
       NGX_STREAM_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("xmpp_tls"), NULL,
+      ngx_xmpp_federation_variable_tls, 0,
+      NGX_STREAM_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("xmpp_auth"), NULL,
+      ngx_xmpp_federation_variable_tls, 1,
+      NGX_STREAM_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("xmpp_domains"), NULL,
+      ngx_xmpp_federation_variable_domains, 0,
+      NGX_STREAM_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("xmpp_stanzas"), NULL,
+      ngx_xmpp_federation_variable_stanzas, 0,
+      NGX_STREAM_VAR_NOCACHEABLE, 0 },
+
       ngx_stream_null_variable
+};
+
+
+static ngx_str_t  ngx_xmpp_federation_tls_names[] = {
+    ngx_null_string,
+    ngx_string("starttls"),
+    ngx_string("direct")
+};
+
+
+static ngx_str_t  ngx_xmpp_federation_auth_names[] = {
+    ngx_null_string,
+    ngx_string("external"),
+    ngx_string("dialback")
 };
 
 
@@ -476,6 +514,131 @@ ngx_xmpp_federation_variable_error(ngx_stream_session_t *s,
     v->no_cacheable = 1;
     v->not_found = 0;
     v->data = name->data;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_federation_variable_set(ngx_stream_variable_value_t *v,
+    ngx_str_t *value)
+{
+    v->len = value->len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = value->data;
+}
+
+
+/* $xmpp_tls (data 0) and $xmpp_auth (data 1) */
+
+static ngx_int_t
+ngx_xmpp_federation_variable_tls(ngx_stream_session_t *s,
+    ngx_stream_variable_value_t *v, uintptr_t data)
+{
+    ngx_xmpp_federation_ctx_t  *ctx;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (data) {
+        ngx_xmpp_federation_variable_set(v,
+                                    &ngx_xmpp_federation_auth_names[ctx->auth]);
+
+    } else {
+        ngx_xmpp_federation_variable_set(v,
+                                    &ngx_xmpp_federation_tls_names[ctx->tls]);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the domains the stream authenticated, "remote>local" separated by " " */
+
+static ngx_int_t
+ngx_xmpp_federation_variable_domains(ngx_stream_session_t *s,
+    ngx_stream_variable_value_t *v, uintptr_t data)
+{
+    u_char                      *p;
+    size_t                       len;
+    ngx_str_t                    value;
+    ngx_uint_t                   i;
+    ngx_xmpp_federation_ctx_t   *ctx;
+    ngx_xmpp_federation_pair_t  *pair;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    if (ctx == NULL || ctx->pairs.nelts == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    pair = ctx->pairs.elts;
+    len = 0;
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        if (pair[i].state == ngx_xmpp_pair_valid) {
+            len += pair[i].remote.len + 1;
+        }
+    }
+
+    if (len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(s->connection->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    value.data = p;
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        if (pair[i].state == ngx_xmpp_pair_valid) {
+            p = ngx_cpymem(p, pair[i].remote.data, pair[i].remote.len);
+            *p++ = ' ';
+        }
+    }
+
+    value.len = p - value.data - 1;
+
+    ngx_xmpp_federation_variable_set(v, &value);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_variable_stanzas(ngx_stream_session_t *s,
+    ngx_stream_variable_value_t *v, uintptr_t data)
+{
+    u_char                     *p;
+    ngx_str_t                   value;
+    ngx_xmpp_federation_ctx_t  *ctx;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(s->connection->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    value.data = p;
+    value.len = ngx_sprintf(p, "%ui", ctx->stanzas) - p;
+
+    ngx_xmpp_federation_variable_set(v, &value);
 
     return NGX_OK;
 }
