@@ -38,6 +38,9 @@ events {
 stream {
     %%TEST_GLOBALS_STREAM%%
 
+    log_format xmpp '\$xmpp_domains|\$xmpp_auth|\$xmpp_tls|\$xmpp_stanzas';
+    access_log %%TESTDIR%%/access.log xmpp;
+
     xmpp_federation_local_domains contoso.example other.example;
     xmpp_federation_dialback_secret "$secret";
 
@@ -114,7 +117,7 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(46);
+$t->try_run('no xmpp_federation')->plan(47);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -353,6 +356,9 @@ $t->stop();
 
 like($t->read_file('error.log'), qr/dialback: "fabrikam.example" authenticated/,
 	'decision logged');
+like($t->read_file('access.log'),
+	qr/^fabrikam\.example corp\.fabrikam\.example\|dialback\|\|3$/m,
+	'domains, method and stanza count logged');
 
 ###############################################################################
 
