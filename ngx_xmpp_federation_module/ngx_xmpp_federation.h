@@ -328,6 +328,10 @@ ngx_xmpp_federation_error_e ngx_xmpp_federation_check_header(
 void ngx_xmpp_federation_handler(ngx_stream_session_t *s);
 ngx_int_t ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx,
     u_char *data, size_t len);
+ngx_int_t ngx_xmpp_federation_reserve(ngx_pool_t *pool, ngx_buf_t **bp,
+    size_t len);
+ngx_int_t ngx_xmpp_federation_append(ngx_pool_t *pool, ngx_buf_t **bp,
+    u_char *data, size_t len);
 void ngx_xmpp_federation_send(ngx_stream_session_t *s);
 void ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_error_e err,

@@ -825,10 +825,32 @@ ngx_int_t
 ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx, u_char *data,
     size_t len)
 {
-    size_t      size;
+    /* several answers at once: the reads wait until they are out */
+    return ngx_xmpp_federation_append(ctx->session->connection->pool,
+                                      &ctx->out, data, len);
+}
+
+
+/*
+ * Output of our own, into a buffer that grows when a burst needs it:
+ * answers to a peer, lines to a gateway, bounces.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_reserve(ngx_pool_t *pool, ngx_buf_t **bp, size_t len)
+{
     ngx_buf_t  *b, *nb;
 
-    b = ctx->out;
+    b = *bp;
+
+    if (b == NULL) {
+        b = ngx_create_temp_buf(pool, ngx_max(len, 1024));
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        *bp = b;
+    }
 
     if (b->pos == b->last) {
         b->pos = b->start;
@@ -837,21 +859,28 @@ ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx, u_char *data,
 
     if ((size_t) (b->end - b->last) < len) {
 
-        /* several answers at once: the reads wait until they are out */
-
-        size = 2 * (b->end - b->start) + len;
-
-        nb = ngx_create_temp_buf(ctx->session->connection->pool, size);
+        nb = ngx_create_temp_buf(pool, 2 * (b->end - b->start) + len);
         if (nb == NULL) {
             return NGX_ERROR;
         }
 
         nb->last = ngx_cpymem(nb->start, b->pos, b->last - b->pos);
-        ctx->out = nb;
-        b = nb;
+        *bp = nb;
     }
 
-    b->last = ngx_cpymem(b->last, data, len);
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_xmpp_federation_append(ngx_pool_t *pool, ngx_buf_t **bp, u_char *data,
+    size_t len)
+{
+    if (ngx_xmpp_federation_reserve(pool, bp, len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    (*bp)->last = ngx_cpymem((*bp)->last, data, len);
 
     return NGX_OK;
 }

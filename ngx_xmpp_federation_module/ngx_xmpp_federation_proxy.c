@@ -160,33 +160,13 @@ ngx_int_t
 ngx_xmpp_federation_peer_write(ngx_xmpp_federation_peer_t *peer,
     u_char *data, size_t len)
 {
-    size_t      size;
-    ngx_buf_t  *b, *nb;
+    /* rare: a burst of dialback requests on one stream */
 
-    b = peer->out;
-
-    if (b->pos == b->last) {
-        b->pos = b->start;
-        b->last = b->start;
+    if (ngx_xmpp_federation_append(peer->pool, &peer->out, data, len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
     }
-
-    if ((size_t) (b->end - b->last) < len) {
-
-        /* rare: a burst of dialback requests on one stream */
-
-        size = 2 * (b->end - b->start) + len;
-
-        nb = ngx_create_temp_buf(peer->pool, size);
-        if (nb == NULL) {
-            return NGX_ERROR;
-        }
-
-        nb->last = ngx_cpymem(nb->last, b->pos, b->last - b->pos);
-        peer->out = nb;
-        b = nb;
-    }
-
-    b->last = ngx_cpymem(b->last, data, len);
 
     if (peer->connected) {
         ngx_xmpp_federation_peer_send(peer);
@@ -932,7 +912,6 @@ ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
     u_char                           *b;
     size_t                            len;
     ngx_str_t                         from, to;
-    ngx_buf_t                        *nb;
     ngx_connection_t                 *c;
     ngx_xmpp_federation_pair_t       *pair;
     ngx_xmpp_federation_parser_t     *p;
@@ -981,25 +960,11 @@ ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
           + ngx_xmpp_federation_escape(NULL, &p->from)
           + ngx_xmpp_federation_escape(NULL, &p->id);
 
-    if (ctx->bounces == NULL
-        || (size_t) (ctx->bounces->end - ctx->bounces->last) < len)
-    {
-        nb = ngx_create_temp_buf(c->pool, ngx_max(len, 1024)
-                                 + (ctx->bounces
-                                    ? 2 * (ctx->bounces->last
-                                           - ctx->bounces->pos)
-                                    : 0));
-        if (nb == NULL) {
-            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-            return NGX_ERROR;
-        }
+    /* room first, then the bounce is written in place */
 
-        if (ctx->bounces) {
-            nb->last = ngx_cpymem(nb->last, ctx->bounces->pos,
-                                  ctx->bounces->last - ctx->bounces->pos);
-        }
-
-        ctx->bounces = nb;
+    if (ngx_xmpp_federation_reserve(c->pool, &ctx->bounces, len) != NGX_OK) {
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return NGX_ERROR;
     }
 
     b = ctx->bounces->last;
