@@ -268,6 +268,7 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
     ngx_int_t                      rc;
     ngx_xmpp_federation_parser_t  *p;
 
+    u_char                        *ptr;
     ngx_buf_t                     *b;
 
     p = ctx->parser;
@@ -280,13 +281,23 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
         if (rc == NGX_AGAIN) {
 
             if (p->depth == 1) {
-                /* between stanzas: whitespace keepalives pass */
 
-                if (ctx->fwd == ctx->checked) {
-                    ctx->fwd = b->last;
+                /*
+                 * Between stanzas: whitespace keepalives pass, but not
+                 * the beginning of a tag expat has not finished yet.
+                 */
+
+                ptr = ngx_strlchr(ctx->checked, b->last, '<');
+
+                if (ptr == NULL) {
+                    ptr = b->last;
                 }
 
-                ctx->checked = b->last;
+                if (ctx->fwd == ctx->checked) {
+                    ctx->fwd = ptr;
+                }
+
+                ctx->checked = ptr;
             }
 
             ngx_xmpp_federation_relay_gateway(s, ctx);

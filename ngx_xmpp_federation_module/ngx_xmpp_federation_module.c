@@ -158,6 +158,13 @@ static ngx_command_t  ngx_xmpp_federation_commands[] = {
       offsetof(ngx_xmpp_federation_srv_conf_t, max_header_size),
       NULL },
 
+    { ngx_string("xmpp_federation_buffer_size"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, buffer_size),
+      NULL },
+
     { ngx_string("xmpp_federation_hold_size"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -587,7 +594,7 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->max_stanza_size, prev->max_stanza_size,
                               262144);
     ngx_conf_merge_size_value(conf->hold_size, prev->hold_size, 65536);
-    ngx_conf_merge_size_value(conf->buffer_size, prev->buffer_size, 4096);
+    ngx_conf_merge_size_value(conf->buffer_size, prev->buffer_size, 16384);
 
     if (ngx_xmpp_federation_ssl_merge(cf, prev, conf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;

@@ -117,7 +117,7 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(47);
+$t->try_run('no xmpp_federation')->plan(52);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -201,6 +201,28 @@ ok($x->read_until(qr{</stream:stream>}), 'end of stream answered');
 ok($x->closed(), 'edge closed after the end of stream');
 ok(wait_for_log("id='last'/></stream:stream>"),
 	'last stanza and the end of stream reached the gateway');
+
+# a tag split across reads goes nowhere before it is checked
+
+$x = authenticated('fabrikam.example');
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='split1'/> <message from='mallory\@litware.example'"
+	. " to='alice\@contoso.example' id='spl");
+select undef, undef, undef, 0.5;
+$x->send("it2'/>");
+is($x->stream_error(), 'invalid-from', 'split spoofed stanza refused');
+ok(wait_for_log("id='split1'/>"), 'stanza before the split one relayed');
+unlike($t->read_file('gateway.log'), qr/mallory|spl$|id='spl[^i]/m,
+	'nothing of a split spoofed stanza relayed');
+
+$x = authenticated('fabrikam.example');
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='split3'/></stream:s");
+select undef, undef, undef, 0.5;
+$x->send("tream>");
+ok($x->read_until(qr{</stream:stream>}), 'split end of stream answered');
+ok(wait_for_log("id='split3'/></stream:stream>"),
+	'split end of stream relayed whole');
 
 # idle streams end after xmpp_federation_idle_timeout
 
