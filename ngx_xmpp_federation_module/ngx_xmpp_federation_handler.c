@@ -410,7 +410,8 @@ static ngx_int_t
 ngx_xmpp_federation_element(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
-    ngx_xmpp_federation_parser_t  *p;
+    ngx_xmpp_federation_parser_t    *p;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
 
     p = ctx->parser;
 
@@ -422,6 +423,21 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
         && ngx_xmpp_federation_is(&p->name, "starttls"))
     {
         return ngx_xmpp_federation_starttls(s, ctx);
+    }
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (fscf->mode == NGX_XMPP_FEDERATION_INBOUND && ctx->partner
+        && ctx->partner->tls == NGX_XMPP_FEDERATION_REQUIRED && !ctx->tls)
+    {
+        /* with "tls required", nothing but STARTTLS comes first */
+
+        ngx_xmpp_federation_cut(ctx);
+        ngx_xmpp_federation_stream_error(s, ctx,
+                                         ngx_xmpp_err_policy_violation,
+                                         "the partner requires TLS first");
+        return NGX_DONE;
     }
 
     if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_SASL)

@@ -38,6 +38,7 @@ ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
     int                              err;
     X509                            *cert;
     ngx_int_t                        rc;
+    ngx_str_t                        domain;
     X509_STORE_CTX                  *xs;
     ngx_connection_t                *c;
     ngx_xmpp_federation_srv_conf_t  *fscf;
@@ -99,7 +100,13 @@ ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
 
     X509_STORE_CTX_free(xs);
 
-    rc = ngx_xmpp_federation_cert_names(cert, &ctx->from);
+    domain = ctx->from;
+
+    if (domain.data[domain.len - 1] == '.') {
+        domain.len--;
+    }
+
+    rc = ngx_xmpp_federation_cert_names(cert, &domain);
 
     X509_free(cert);
 
@@ -117,20 +124,13 @@ static ngx_int_t
 ngx_xmpp_federation_cert_names(X509 *cert, ngx_str_t *domain)
 {
     int                     i, n;
-    size_t                  len;
     ngx_int_t               rc;
     GENERAL_NAME           *gn;
     GENERAL_NAMES          *names;
 
-    len = domain->len;
-
-    if (len && domain->data[len - 1] == '.') {
-        len--;
-    }
-
     /* DNS-ID; the subject's CN is never looked at */
 
-    if (X509_check_host(cert, (char *) domain->data, len,
+    if (X509_check_host(cert, (char *) domain->data, domain->len,
                         X509_CHECK_FLAG_NEVER_CHECK_SUBJECT
                         |X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
                         NULL)
@@ -231,7 +231,7 @@ ngx_xmpp_federation_auth(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
     u_char                         *mech;
-    ngx_str_t                       authzid, text, mechanism;
+    ngx_str_t                       authzid, text, mechanism, from;
     ngx_uint_t                      i;
     ngx_connection_t               *c;
     ngx_xmpp_federation_pair_t     *pair;
@@ -288,10 +288,19 @@ ngx_xmpp_federation_auth(ngx_stream_session_t *s,
         }
     }
 
+    from = ctx->from;
+
+    if (from.len && from.data[from.len - 1] == '.') {
+        from.len--;
+    }
+
+    if (authzid.len && authzid.data[authzid.len - 1] == '.') {
+        authzid.len--;
+    }
+
     if (authzid.len
-        && (authzid.len != ctx->from.len
-            || ngx_strncasecmp(authzid.data, ctx->from.data, authzid.len)
-               != 0))
+        && (authzid.len != from.len
+            || ngx_strncasecmp(authzid.data, from.data, from.len) != 0))
     {
         return ngx_xmpp_federation_sasl_failure(s, ctx, "invalid-authzid",
                                                 "authzid is not the "

@@ -26,6 +26,9 @@ my %live;	# weak refs to harness objects, finished from END
 ###############################################################################
 
 sub new {
+	# a peer closing first must not kill the test and leave its daemons
+	$SIG{PIPE} = 'IGNORE';
+
 	my ($class) = @_;
 
 	Test::More::BAIL_OUT("nginx binary $NGINX not executable")
