@@ -73,8 +73,15 @@ all: build
 
 build: $(BUILD)/$(MODULE).so
 
+# one build at a time in a build directory: tests, demo and bench share it
+
 $(BUILD)/$(MODULE).so: $(SOURCES)
-	@rm -rf $(SRC_COPY) && mkdir -p $(BUILD)
+	@mkdir -p $(BUILD)
+	@flock $(BUILD)/.lock $(MAKE) --no-print-directory module-locked
+
+.PHONY: module-locked
+module-locked:
+	@rm -rf $(SRC_COPY)
 	cp -a $(NGINX_SRC) $(SRC_COPY)
 	cd $(SRC_COPY) && \
 	if [ "$(DEBIAN_TREE)" = yes ]; then \
@@ -96,7 +103,8 @@ $(BUILD)/$(MODULE).so: $(SOURCES)
 	        --add-dynamic-module=$(TOP) > configure.log; \
 	fi
 	$(MAKE) -C $(SRC_COPY) -f objs/Makefile $(MAKE_TARGET)
-	cp $(SRC_COPY)/objs/$(MODULE).so $@
+	cp $(SRC_COPY)/objs/$(MODULE).so $(BUILD)/$(MODULE).so.tmp
+	mv $(BUILD)/$(MODULE).so.tmp $(BUILD)/$(MODULE).so
 
 deps:
 	@missing=""; \

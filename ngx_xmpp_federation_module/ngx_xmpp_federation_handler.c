@@ -429,9 +429,12 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
                                           ngx_stream_xmpp_federation_module);
 
     if (fscf->mode == NGX_XMPP_FEDERATION_INBOUND && ctx->partner
-        && ctx->partner->tls == NGX_XMPP_FEDERATION_REQUIRED && !ctx->tls)
+        && ctx->partner->tls == NGX_XMPP_FEDERATION_REQUIRED && !ctx->tls
+        && (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_SASL)
+            || ngx_xmpp_federation_is(&p->ns,
+                                      NGX_XMPP_FEDERATION_NS_DIALBACK)))
     {
-        /* with "tls required", nothing but STARTTLS comes first */
+        /* with "tls required", no authentication comes before TLS */
 
         ngx_xmpp_federation_cut(ctx);
         ngx_xmpp_federation_stream_error(s, ctx,
