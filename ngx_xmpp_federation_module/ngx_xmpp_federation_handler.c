@@ -1397,6 +1397,14 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 
     ctx->lingering = 1;
 
+#if (NGX_STREAM_SSL)
+    if (c->ssl) {
+        /* TLS ends first (close_notify), then TCP; the rest is drained raw */
+        (void) SSL_shutdown(c->ssl->connection);
+        c->ssl->no_send_shutdown = 1;
+    }
+#endif
+
     if (ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN) == -1) {
         ngx_xmpp_federation_finalize(s, ctx->status);
         return;
@@ -1433,7 +1441,8 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
     }
 
     while (rev->ready) {
-        n = c->recv(c, ctx->in->start, ctx->in->end - ctx->in->start);
+        /* after close_notify what comes is not read as TLS */
+        n = ngx_recv(c, ctx->in->start, ctx->in->end - ctx->in->start);
 
         if (n == NGX_AGAIN) {
             break;

@@ -484,6 +484,14 @@ sub dnsmasq {
 #                                  enable mod_tls with this certificate
 #                                  (plain s2s/c2s stay allowed unless
 #                                  extra says otherwise)
+#   s2s_secure_auth => 1           s2s only with TLS and certificates
+#                                  this server trusts (implies
+#                                  s2s_require_encryption => 1, which also
+#                                  works alone); without these options
+#                                  both are false in the config: set them
+#                                  here, not in extra (a duplicate option
+#                                  in a long config path crashes Prosody
+#                                  0.12's config warning)
 #   log_level => 'debug'
 
 sub prosody {
@@ -534,7 +542,10 @@ sub prosody {
 #                                of the keys written here)
 #   modules  => '...yaml...'     more entries under modules:, indented
 #   tls      => { certfile => F } (certificate and key in one PEM file):
-#                                offer STARTTLS (s2s_use_starttls optional)
+#                                offer STARTTLS (s2s_use_starttls optional);
+#                                starttls => 'required' (or 'true', 'false')
+#                                for s2s_use_starttls, cafile => F for
+#                                s2s_cafile (the CAs s2s peers chain to)
 #   log_level => 'debug'
 
 sub ejabberd {
@@ -1027,6 +1038,10 @@ sub _configure {
 
 	my $level = $a{log_level} // 'debug';
 
+	my $secure_auth = $a{s2s_secure_auth} ? 'true' : 'false';
+	my $require_encryption = $a{s2s_secure_auth}
+		|| $a{s2s_require_encryption} ? 'true' : 'false';
+
 	my $conf = <<"EOF";
 -- Prosody '$self->{name}', written by Test::XMPP::Servers
 daemonize = false
@@ -1044,9 +1059,10 @@ s2s_direct_tls_ports = { }
 c2s_direct_tls_ports = { }
 legacy_ssl_ports = { }
 
--- plaintext on loopback: dialback without TLS, PLAIN for the clients
-s2s_require_encryption = false
-s2s_secure_auth = false
+-- plaintext on loopback by default: dialback without TLS, PLAIN for the
+-- clients
+s2s_require_encryption = $require_encryption
+s2s_secure_auth = $secure_auth
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
@@ -1271,9 +1287,11 @@ sub _configure {
 	my $tls = $a{tls};
 
 	my $hosts = join('', map { "  - \"$_\"\n" } @{$self->{domains}});
-	my $starttls = $tls ? 'optional' : 'false';
+	my $starttls = $tls ? $tls->{starttls} // 'optional' : 'false';
 	my $certfiles = $tls
 		? "certfiles:\n  - \"$tls->{certfile}\"\n" : '';
+	$certfiles .= "s2s_cafile: \"$tls->{cafile}\"\n"
+		if $tls && $tls->{cafile};
 	my $c2s_tls = $tls ? "    starttls: true\n" : '';
 	my $modules = $a{modules} // '';
 	my $extra = $a{extra} // '';
