@@ -1117,13 +1117,17 @@ ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
             }
 
             if (!sasl && !dialback
-                && partner->sasl == NGX_XMPP_FEDERATION_REQUIRED
                 && ctx->auth == NGX_XMPP_FEDERATION_AUTH_NONE)
             {
+                /* no way is left to authenticate (rows 2, 4, 8, 10) */
                 ngx_xmpp_federation_stream_error(s, ctx,
                                              ngx_xmpp_err_not_authorized,
-                                             "SASL is required and the "
-                                             "certificate is not usable");
+                                             partner->sasl
+                                             == NGX_XMPP_FEDERATION_REQUIRED
+                                             ? "SASL is required and the "
+                                               "certificate is not usable"
+                                             : "the certificate is not "
+                                               "usable and dialback is off");
                 return NGX_OK;
             }
 

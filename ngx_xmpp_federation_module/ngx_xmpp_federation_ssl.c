@@ -152,12 +152,15 @@ ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
     fscf = ngx_stream_get_module_srv_conf(s,
                                           ngx_stream_xmpp_federation_module);
 
-    if (ctx->tls || !ngx_xmpp_federation_tls_offered(s, ctx)
+    if (ctx->tls || fscf->mode != NGX_XMPP_FEDERATION_INBOUND
+        || !ngx_xmpp_federation_tls_offered(s, ctx)
         || fscf->certificates == NULL)
     {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "XMPP STARTTLS refused: %s",
                       ctx->tls ? "TLS is already on"
+                      : fscf->mode != NGX_XMPP_FEDERATION_INBOUND
+                        ? "not offered on the internal listener"
                       : fscf->certificates == NULL
                         ? "no xmpp_federation_certificate"
                         : "not offered to this partner");

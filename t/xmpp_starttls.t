@@ -68,6 +68,12 @@ stream {
         server   127.0.0.1:%%PORT_8090%%;
     }
 
+    xmpp_federation_partner nodb.example {
+        tls      required;
+        sasl     optional;
+        dialback off;
+    }
+
     xmpp_federation_partner tailspin.example {
         type     federated;
         tls      optional;
@@ -111,7 +117,7 @@ EOF
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation TLS')->plan(56);
+$t->try_run('no xmpp_federation TLS')->plan(60);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -183,9 +189,28 @@ my %port;	# access log lines by client port
 
 ###############################################################################
 
+# the internal listener: no STARTTLS, even with certificates inherited
+
+my ($x, $h, $f) = (peer(8081));
+($h, $f) = stream_open($x, from => 'contoso.example',
+	to => 'fabrikam.example');
+ok(defined $f && !has_feature($f, 'starttls'),
+	'internal listener: no starttls offered');
+$x->send("<starttls xmlns='$TLS_NS'/>");
+ok($x->closed(), 'internal listener: starttls anyway closes');
+like(after_features($x), qr!^<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>!,
+	'internal listener: starttls anyway gets <failure/>');
+
+# row 8 (sasl optional, dialback off) without a usable certificate: no
+# way is left after TLS
+
+my @nodb = through_tls('nodb.example');
+is(@nodb == 5 && $nodb[0]->stream_error(), 'not-authorized',
+	'sasl optional, dialback off, no certificate: not-authorized after TLS');
+
 # the <starttls/> feature per policy
 
-my ($x, $h, $f) = (peer());
+$x = peer();
 ($h, $f) = stream_open($x, from => 'fabrikam.example');
 
 like($f, qr!<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>!,
