@@ -7,6 +7,8 @@
 #                    debug-only code paths must compile away cleanly
 #   make test        deps + build + every suite, plain and sanitized
 #   make check-one T=t/xmpp_config.t   one suite, plain build
+#   make demo        a real partner federates through the edge (loopback)
+#   make bench       the edge against stock nginx (docs/performance.md)
 #
 # NGINX_SRC selects the nginx tree: Debian's nginx-dev headers by default
 # (the module is then loaded into /usr/sbin/nginx), or a full nginx source
@@ -152,9 +154,12 @@ demo: deps build
 	DEMO_NGINX=$(NGINX_BIN) DEMO_STREAM_MODULE=$(STREAM_SO) \
 	DEMO_MODULE=$(BUILD)/$(MODULE).so perl demo/run.pl
 
-# Relay throughput, edge against stock proxy_pass in one nginx
-# (docs/performance.md).  BENCH_STANZAS, BENCH_RUNS, BENCH_PERF: see
-# bench/run.pl.
+# The edge against stock nginx in the same run (docs/performance.md):
+# relay throughput against proxy_pass, session establishment (STARTTLS,
+# SASL EXTERNAL, hand-off) against TLS handshakes on "listen ... ssl",
+# memory per idle stream against proxy_pass.  BENCH_PARTS, BENCH_STANZAS,
+# BENCH_RUNS, BENCH_SESSIONS, BENCH_KEY, BENCH_IDLE_STREAMS, BENCH_PERF:
+# see bench/run.pl.
 
 BENCH_DIR := $(TOP)/build/bench
 
@@ -170,14 +175,24 @@ $(BENCH_DIR)/expat_only: bench/expat_only.c
 	    | gcc -x c -o /dev/null - -lexpat 2>/dev/null && def=1; \
 	gcc -O2 -Wall -Wextra -DBENCH_REPARSE_DEFERRAL=$$def -o $@ $< -lexpat
 
-bench: build $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/expat_only
+$(BENCH_DIR)/xmpp_sessions: bench/xmpp_sessions.c
+	@mkdir -p $(@D)
+	gcc -O2 -Wall -Wextra -o $@ $< -lssl -lcrypto
+
+$(BENCH_DIR)/xmpp_idle: bench/xmpp_idle.c
+	@mkdir -p $(@D)
+	gcc -O2 -Wall -Wextra -o $@ $<
+
+bench: build $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/expat_only \
+       $(BENCH_DIR)/xmpp_sessions $(BENCH_DIR)/xmpp_idle
 	@if [ -n "$(SANITIZE)" ]; then \
 	    echo "make bench measures the plain build: run it without SANITIZE"; \
 	    exit 1; \
 	fi
 	perl bench/run.pl $(NGINX_BIN) $(STREAM_SO) $(BUILD)/$(MODULE).so \
 	    $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/results.txt \
-	    $(BENCH_DIR)/expat_only
+	    $(BENCH_DIR)/expat_only $(BENCH_DIR)/xmpp_sessions \
+	    $(BENCH_DIR)/xmpp_idle
 
 clean:
 	rm -rf build
