@@ -182,6 +182,7 @@ typedef struct {
     ngx_str_t                       mechanism;
     ngx_str_t                       text;          /* character data */
     ngx_str_t                       ns_decls;      /* prefixes of header */
+    u_char                         *scratch;       /* names, values, text */
 
     size_t                          text_max;
     unsigned                        default_ns_ok:1;

@@ -86,9 +86,15 @@ ngx_xmpp_federation_parser_create(ngx_pool_t *pool, ngx_log_t *log,
     ngx_xmpp_federation_parser_t  *p;
 
     p = ngx_pcalloc(pool, sizeof(ngx_xmpp_federation_parser_t)
-                          + sizeof(ngx_xmpp_federation_parse_ud_t)
-                          + NGX_XMPP_FEDERATION_SCRATCH);
+                          + sizeof(ngx_xmpp_federation_parse_ud_t));
     if (p == NULL) {
+        return NULL;
+    }
+
+    /* not zeroed: an idle stream keeps only what it has touched resident */
+
+    p->scratch = ngx_palloc(pool, NGX_XMPP_FEDERATION_SCRATCH);
+    if (p->scratch == NULL) {
         return NULL;
     }
 
@@ -145,7 +151,7 @@ ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
 
     ud = (ngx_xmpp_federation_parse_ud_t *) (p + 1);
     ud->parser = p;
-    ud->scratch = (u_char *) (ud + 1);
+    ud->scratch = p->scratch;
     ud->pos = ud->scratch;
     ud->end = ud->scratch + NGX_XMPP_FEDERATION_SCRATCH;
 

@@ -67,8 +67,9 @@ ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
 
     /*
      * The chain is verified against this server's store (trusted
-     * certificates, CRLs), whoever made the TLS connection: STARTTLS or
-     * a "listen ... ssl" of the stream SSL module.
+     * certificates, CRLs, depth), whoever made the TLS connection.  The
+     * handshake's own verdict is not used: it is overridden to let every
+     * certificate through, and with it errors such as a chain too long.
      */
 
     xs = X509_STORE_CTX_new();

@@ -96,6 +96,17 @@ ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
         return NGX_CONF_ERROR;
     }
 
+    /*
+     * Each stream is a full handshake, as a server-to-server link is long
+     * lived: no session tickets to issue (with TLSv1.3 each would re-encode
+     * the client certificate).
+     */
+
+    SSL_CTX_set_options(conf->ssl.ctx, SSL_OP_NO_TICKET);
+#if (OPENSSL_VERSION_NUMBER >= 0x10101000L)
+    SSL_CTX_set_num_tickets(conf->ssl.ctx, 0);
+#endif
+
     /* ask for a certificate, judge it later */
 
     SSL_CTX_set_verify(conf->ssl.ctx, SSL_VERIFY_PEER,
