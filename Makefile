@@ -163,9 +163,10 @@ demo: deps build
 
 BENCH_DIR := $(TOP)/build/bench
 
-$(BENCH_DIR)/xmpp_bench: bench/xmpp_bench.c
+$(BENCH_DIR)/xmpp_bench: bench/xmpp_bench.c \
+    bench/bench_common.c bench/bench_common.h
 	@mkdir -p $(@D)
-	gcc -O2 -Wall -Wextra -o $@ $<
+	gcc -O2 -Wall -Wextra -o $@ bench/xmpp_bench.c bench/bench_common.c
 
 # XML_SetReparseDeferralEnabled(): expat 2.6, or backported (Debian 12)
 $(BENCH_DIR)/expat_only: bench/expat_only.c
@@ -175,13 +176,15 @@ $(BENCH_DIR)/expat_only: bench/expat_only.c
 	    | gcc -x c -o /dev/null - -lexpat 2>/dev/null && def=1; \
 	gcc -O2 -Wall -Wextra -DBENCH_REPARSE_DEFERRAL=$$def -o $@ $< -lexpat
 
-$(BENCH_DIR)/xmpp_sessions: bench/xmpp_sessions.c
+$(BENCH_DIR)/xmpp_sessions: bench/xmpp_sessions.c \
+    bench/bench_common.c bench/bench_common.h
 	@mkdir -p $(@D)
-	gcc -O2 -Wall -Wextra -o $@ $< -lssl -lcrypto
+	gcc -O2 -Wall -Wextra -o $@ bench/xmpp_sessions.c bench/bench_common.c -lssl -lcrypto
 
-$(BENCH_DIR)/xmpp_idle: bench/xmpp_idle.c
+$(BENCH_DIR)/xmpp_idle: bench/xmpp_idle.c \
+    bench/bench_common.c bench/bench_common.h
 	@mkdir -p $(@D)
-	gcc -O2 -Wall -Wextra -o $@ $<
+	gcc -O2 -Wall -Wextra -o $@ bench/xmpp_idle.c bench/bench_common.c
 
 bench: build $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/expat_only \
        $(BENCH_DIR)/xmpp_sessions $(BENCH_DIR)/xmpp_idle

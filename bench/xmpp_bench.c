@@ -53,6 +53,8 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
+#include "bench_common.h"
+
 
 #define CHUNK_STANZAS  64             /* stanzas per write() */
 #define READ_SIZE      (256 * 1024)
@@ -74,110 +76,7 @@ typedef struct {
 } conn_t;
 
 
-static void die(const char *fmt, ...) __attribute__((noreturn));
-
-
-static void
-die(const char *fmt, ...)
-{
-    va_list  ap;
-
-    va_start(ap, fmt);
-    fprintf(stderr, "xmpp_bench[%d]: ", (int) getpid());
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-
-    exit(2);
-}
-
-
-static uint64_t
-now_ns(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-
-static int
-listen_on(int port)
-{
-    int                 fd, one;
-    struct sockaddr_in  sin;
-
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd == -1) {
-        die("socket(): %s", strerror(errno));
-    }
-
-    one = 1;
-    (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    if (bind(fd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("bind(%d): %s", port, strerror(errno));
-    }
-
-    if (listen(fd, 16) == -1) {
-        die("listen(): %s", strerror(errno));
-    }
-
-    return fd;
-}
-
-
-static int
-connect_to(int port)
-{
-    int                 fd;
-    struct sockaddr_in  sin;
-
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd == -1) {
-        die("socket(): %s", strerror(errno));
-    }
-
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    if (connect(fd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("connect(%d): %s", port, strerror(errno));
-    }
-
-    return fd;
-}
-
-
-static void
-write_all(int fd, const char *data, size_t len)
-{
-    ssize_t  n;
-
-    while (len) {
-        n = write(fd, data, len);
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            die("write(): %s", strerror(errno));
-        }
-
-        data += n;
-        len -= n;
-    }
-}
+const char  *bench_name = "xmpp_bench";
 
 
 static void
@@ -289,60 +188,6 @@ consume(conn_t *c, char *upto)
 
 /* value of attribute "name" in [start, end), into out */
 
-static void
-attr(const char *start, const char *end, const char *name, char *out,
-    size_t size)
-{
-    char        pat[64];
-    size_t      n;
-    const char *p, *q;
-    char        quote;
-
-    out[0] = '\0';
-
-    for (p = start; p < end; p++) {
-        snprintf(pat, sizeof(pat), " %s=", name);
-        n = strlen(pat);
-
-        if ((size_t) (end - p) <= n || memcmp(p, pat, n) != 0) {
-            continue;
-        }
-
-        quote = p[n];
-        if (quote != '\'' && quote != '"') {
-            continue;
-        }
-
-        p += n + 1;
-        q = memchr(p, quote, end - p);
-        if (q == NULL || (size_t) (q - p) >= size) {
-            return;
-        }
-
-        memcpy(out, p, q - p);
-        out[q - p] = '\0';
-        return;
-    }
-}
-
-
-static int
-accept_one(int lfd)
-{
-    int  fd;
-
-    do {
-        fd = accept(lfd, NULL, NULL);
-    } while (fd == -1 && errno == EINTR);
-
-    if (fd == -1) {
-        die("accept(): %s", strerror(errno));
-    }
-
-    return fd;
-}
-
-
 /*
  * The authoritative server of fabrikam.example: every db:verify is valid
  * (the benchmark measures the relay, not the key).
@@ -440,7 +285,7 @@ gateway_handshake(conn_t *c, int verify_port)
         die("no memory");
     }
 
-    v->fd = connect_to(verify_port);
+    v->fd = connect_to(verify_port, 0);
     v->len = 0;
 
     send_str(v, HEADER_FMT, to, from, "");
@@ -778,14 +623,6 @@ send_stanzas(int fd, gen_t *g)
 }
 
 
-static double
-cpu_seconds(struct rusage *ru)
-{
-    return ru->ru_utime.tv_sec + ru->ru_stime.tv_sec
-           + (ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
-}
-
-
 static void
 usage(void)
 {
@@ -853,8 +690,8 @@ main(int argc, char **argv)
         die("pipe(): %s", strerror(errno));
     }
 
-    sink_lfd = listen_on(sink_port);
-    auth_lfd = edge ? listen_on(auth_port) : -1;
+    sink_lfd = listen_on(sink_port, 16);
+    auth_lfd = edge ? listen_on(auth_port, 16) : -1;
 
     auth_pid = 0;
 
@@ -890,7 +727,7 @@ main(int argc, char **argv)
         die("no memory");
     }
 
-    c->fd = connect_to(port);
+    c->fd = connect_to(port, 0);
     c->len = 0;
 
     one = 1;

@@ -56,6 +56,8 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
+#include "bench_common.h"
+
 
 #define TIMEOUT     300               /* seconds, every process */
 #define BUF_SIZE    8192
@@ -80,33 +82,7 @@ typedef struct {
 } conn_t;
 
 
-static void die(const char *fmt, ...) __attribute__((noreturn));
-
-
-static void
-die(const char *fmt, ...)
-{
-    va_list  ap;
-
-    va_start(ap, fmt);
-    fprintf(stderr, "xmpp_idle[%d]: ", (int) getpid());
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-
-    exit(2);
-}
-
-
-static uint64_t
-now_ns(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+const char  *bench_name = "xmpp_idle";
 
 
 /* as many descriptors as the hard limit allows */
@@ -129,103 +105,6 @@ raise_nofile(size_t need)
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         die("%zu descriptors needed, the limit is %llu", need,
             (unsigned long long) rl.rlim_cur);
-    }
-}
-
-
-static int
-listen_on(int port)
-{
-    int                 fd, one;
-    struct sockaddr_in  sin;
-
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd == -1) {
-        die("socket(): %s", strerror(errno));
-    }
-
-    one = 1;
-    (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    if (bind(fd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("bind(%d): %s", port, strerror(errno));
-    }
-
-    if (listen(fd, 512) == -1) {
-        die("listen(): %s", strerror(errno));
-    }
-
-    return fd;
-}
-
-
-static int
-connect_to(int port)
-{
-    int                 fd, one;
-    struct sockaddr_in  sin;
-
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd == -1) {
-        die("socket(): %s", strerror(errno));
-    }
-
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    if (connect(fd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("connect(%d): %s", port, strerror(errno));
-    }
-
-    one = 1;
-    (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-
-    return fd;
-}
-
-
-static int
-accept_one(int lfd)
-{
-    int  fd;
-
-    do {
-        fd = accept(lfd, NULL, NULL);
-    } while (fd == -1 && errno == EINTR);
-
-    if (fd == -1) {
-        die("accept(): %s", strerror(errno));
-    }
-
-    return fd;
-}
-
-
-static void
-write_all(int fd, const char *data, size_t len)
-{
-    ssize_t  n;
-
-    while (len) {
-        n = write(fd, data, len);
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            die("write(): %s", strerror(errno));
-        }
-
-        data += n;
-        len -= n;
     }
 }
 
@@ -323,40 +202,6 @@ start_tag(conn_t *c, const char *name)
 }
 
 
-static void
-attr(const char *start, const char *end, const char *name, char *out,
-    size_t size)
-{
-    char        quote;
-    size_t      n;
-    const char *p, *q;
-
-    n = strlen(name);
-    out[0] = '\0';
-
-    for (p = start; p + n + 3 <= end; p++) {
-        if (p[0] != ' ' || memcmp(p + 1, name, n) != 0 || p[n + 1] != '=') {
-            continue;
-        }
-
-        quote = p[n + 2];
-        if (quote != '\'' && quote != '"') {
-            continue;
-        }
-
-        p += n + 3;
-        q = memchr(p, quote, end - p);
-        if (q == NULL || (size_t) (q - p) >= size) {
-            return;
-        }
-
-        memcpy(out, p, q - p);
-        out[q - p] = '\0';
-        return;
-    }
-}
-
-
 /* the stanza of stream i: STANZA_SIZE bytes */
 
 static size_t
@@ -443,7 +288,7 @@ sink(int lfd, int edge, int verify_port, unsigned n, volatile unsigned *got,
     if (edge) {
         /* one stream to the edge's internal listener for every check */
 
-        conn_init(v, connect_to(verify_port));
+        conn_init(v, connect_to(verify_port, 1));
         send_fmt(v, "<?xml version='1.0'?><stream:stream"
                  " xmlns='jabber:server' xmlns:db='jabber:server:dialback'"
                  " xmlns:stream='http://etherx.jabber.org/streams'"
@@ -546,7 +391,7 @@ client(int edge, int port, unsigned first, unsigned count, int done,
     }
 
     for (i = first; i < first + count; i++) {
-        conn_init(c, connect_to(port));
+        conn_init(c, connect_to(port, 1));
 
         write_all(c->fd, HEADER, sizeof(HEADER) - 1);
 
@@ -636,8 +481,8 @@ main(int argc, char **argv)
         die("pipe(): %s", strerror(errno));
     }
 
-    sink_lfd = listen_on(sink_port);
-    auth_lfd = edge ? listen_on(auth_port) : -1;
+    sink_lfd = listen_on(sink_port, 512);
+    auth_lfd = edge ? listen_on(auth_port, 512) : -1;
     k = 0;
 
     for (int l = 0; l < lanes; l++) {

@@ -71,6 +71,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "bench_common.h"
+
 
 #define TIMEOUT     120               /* seconds, every process */
 #define BUF_SIZE    16384
@@ -88,152 +90,10 @@
     " from='" PARTNER "' to='" LOCAL "' version='1.0'>"
 
 
-static void die(const char *fmt, ...) __attribute__((noreturn));
-
-
-static void
-die(const char *fmt, ...)
-{
-    va_list  ap;
-
-    va_start(ap, fmt);
-    fprintf(stderr, "xmpp_sessions[%d]: ", (int) getpid());
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-
-    exit(2);
-}
-
-
-static uint64_t
-now_ns(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-
-static int
-connect_to(int port)
-{
-    int                 fd, one;
-    struct sockaddr_in  sin;
-
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd == -1) {
-        die("socket(): %s", strerror(errno));
-    }
-
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    if (connect(fd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("connect(%d): %s", port, strerror(errno));
-    }
-
-    one = 1;
-    (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-
-    return fd;
-}
-
-
-static int
-listen_on(int port)
-{
-    int                 fd, one;
-    struct sockaddr_in  sin;
-
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd == -1) {
-        die("socket(): %s", strerror(errno));
-    }
-
-    one = 1;
-    (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    if (bind(fd, (struct sockaddr *) &sin, sizeof(sin)) == -1) {
-        die("bind(%d): %s", port, strerror(errno));
-    }
-
-    if (listen(fd, 512) == -1) {
-        die("listen(): %s", strerror(errno));
-    }
-
-    return fd;
-}
-
-
-static void
-write_all(int fd, const char *data, size_t len)
-{
-    ssize_t  n;
-
-    while (len) {
-        n = write(fd, data, len);
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            die("write(): %s", strerror(errno));
-        }
-
-        data += n;
-        len -= n;
-    }
-}
+const char  *bench_name = "xmpp_sessions";
 
 
 /* the value of attribute "name" in [start, end) (quotes: ' or ") */
-
-static int
-attr(const char *start, const char *end, const char *name, char *out,
-    size_t size)
-{
-    char        quote;
-    size_t      n;
-    const char *p, *q;
-
-    n = strlen(name);
-
-    for (p = start; p + n + 3 <= end; p++) {
-        if (p[0] != ' ' || memcmp(p + 1, name, n) != 0 || p[n + 1] != '=') {
-            continue;
-        }
-
-        quote = p[n + 2];
-        if (quote != '\'' && quote != '"') {
-            continue;
-        }
-
-        p += n + 3;
-        q = memchr(p, quote, end - p);
-        if (q == NULL || (size_t) (q - p) >= size) {
-            return -1;
-        }
-
-        memcpy(out, p, q - p);
-        out[q - p] = '\0';
-        return 0;
-    }
-
-    out[0] = '\0';
-    return -1;
-}
-
 
 /*
  * The client: a blocking connection, plain or TLS, with a buffer of what
@@ -527,7 +387,7 @@ edge_session(conn_t *c, SSL_CTX *ctx, int port, int notify, int w,
     char     msg[512], got;
     ssize_t  n;
 
-    c->fd = connect_to(port);
+    c->fd = connect_to(port, 1);
     c->ssl = NULL;
     c->len = 0;
     c->buf[0] = '\0';
@@ -597,7 +457,7 @@ edge_session(conn_t *c, SSL_CTX *ctx, int port, int notify, int w,
 static void
 stock_session(conn_t *c, SSL_CTX *ctx, int port)
 {
-    c->fd = connect_to(port);
+    c->fd = connect_to(port, 1);
     c->ssl = NULL;
     c->len = 0;
     c->buf[0] = '\0';
@@ -861,7 +721,7 @@ gateway(int lfd, int verify_port, int *notify, int npar, int ready)
 
     /* one stream to the edge's internal listener for every check */
 
-    vfd = connect_to(verify_port);
+    vfd = connect_to(verify_port, 1);
 
     {
         char  hdr[512];
@@ -1034,14 +894,6 @@ gateway(int lfd, int verify_port, int *notify, int npar, int ready)
 }
 
 
-static double
-cpu_seconds(struct rusage *ru)
-{
-    return ru->ru_utime.tv_sec + ru->ru_stime.tv_sec
-           + (ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
-}
-
-
 static int
 cmp_double(const void *a, const void *b)
 {
@@ -1131,7 +983,7 @@ main(int argc, char **argv)
             die("pipe(): %s", strerror(errno));
         }
 
-        lfd = listen_on(sink_port);
+        lfd = listen_on(sink_port, 512);
 
         sink_pid = fork();
         if (sink_pid == -1) {
