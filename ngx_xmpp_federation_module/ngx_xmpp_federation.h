@@ -334,6 +334,8 @@ ngx_int_t ngx_xmpp_federation_reserve(ngx_pool_t *pool, ngx_buf_t **bp,
 ngx_int_t ngx_xmpp_federation_append(ngx_pool_t *pool, ngx_buf_t **bp,
     u_char *data, size_t len);
 void ngx_xmpp_federation_send(ngx_stream_session_t *s);
+ngx_int_t ngx_xmpp_federation_flush(ngx_connection_t *c, ngx_buf_t *b,
+    u_char *end, ngx_msec_t timeout);
 void ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_error_e err,
     const char *reason);

@@ -1324,8 +1324,7 @@ ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
 void
 ngx_xmpp_federation_send(ngx_stream_session_t *s)
 {
-    ssize_t                          n;
-    ngx_buf_t                       *b;
+    ngx_int_t                        rc;
     ngx_connection_t                *c;
     ngx_xmpp_federation_ctx_t       *ctx;
     ngx_xmpp_federation_srv_conf_t  *fscf;
@@ -1333,41 +1332,23 @@ ngx_xmpp_federation_send(ngx_stream_session_t *s)
     c = s->connection;
 
     ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
-
-    b = ctx->out;
-
-    while (b->pos < b->last) {
-
-        n = c->send(c, b->pos, b->last - b->pos);
-
-        if (n == NGX_ERROR) {
-            ngx_xmpp_federation_finalize(s, NGX_STREAM_OK);
-            return;
-        }
-
-        if (n == NGX_AGAIN || n == 0) {
-            fscf = ngx_stream_get_module_srv_conf(s,
+    fscf = ngx_stream_get_module_srv_conf(s,
                                           ngx_stream_xmpp_federation_module);
 
-            ngx_add_timer(c->write, fscf->timeout);
+    rc = ngx_xmpp_federation_flush(c, ctx->out, ctx->out->last,
+                                   fscf->timeout);
 
-            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-                ngx_xmpp_federation_finalize(s,
-                                             NGX_STREAM_INTERNAL_SERVER_ERROR);
-            }
-
-            return;
-        }
-
-        b->pos += n;
+    if (rc == NGX_ERROR) {
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_OK);
+        return;
     }
 
-    b->pos = b->start;
-    b->last = b->start;
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
+    if (rc == NGX_AGAIN) {
+        return;
     }
+
+    ctx->out->pos = ctx->out->start;
+    ctx->out->last = ctx->out->start;
 
     if (ctx->quit) {
         ngx_xmpp_federation_linger(s, ctx);
@@ -1382,6 +1363,49 @@ ngx_xmpp_federation_send(ngx_stream_session_t *s)
     if (c->read->ready) {
         ngx_post_event(c->read, &ngx_posted_events);
     }
+}
+
+
+/*
+ * Writes [b->pos, end) to c.  NGX_OK: all of it is out, the write timer
+ * is gone; NGX_AGAIN: the write event (and, with a timeout, its timer)
+ * says when to go on; NGX_ERROR: the connection is broken.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_flush(ngx_connection_t *c, ngx_buf_t *b, u_char *end,
+    ngx_msec_t timeout)
+{
+    ssize_t  n;
+
+    while (b->pos < end) {
+
+        n = c->send(c, b->pos, end - b->pos);
+
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n == NGX_AGAIN || n == 0) {
+            if (timeout) {
+                ngx_add_timer(c->write, timeout);
+            }
+
+            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            return NGX_AGAIN;
+        }
+
+        b->pos += n;
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    return NGX_OK;
 }
 
 

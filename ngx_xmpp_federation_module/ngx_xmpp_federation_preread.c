@@ -434,11 +434,7 @@ ngx_xmpp_federation_variable_str(ngx_stream_session_t *s,
 
     str = (ngx_str_t *) ((char *) ctx + data);
 
-    v->len = str->len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = str->data;
+    ngx_xmpp_federation_variable_set(v, str);
 
     return NGX_OK;
 }
@@ -457,11 +453,7 @@ ngx_xmpp_federation_variable_partner(ngx_stream_session_t *s,
         return NGX_OK;
     }
 
-    v->len = ctx->partner->domain.len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = ctx->partner->domain.data;
+    ngx_xmpp_federation_variable_set(v, &ctx->partner->domain);
 
     return NGX_OK;
 }
@@ -483,11 +475,7 @@ ngx_xmpp_federation_variable_partner_type(ngx_stream_session_t *s,
 
     name = &ngx_xmpp_federation_type_names[ctx->partner->type];
 
-    v->len = name->len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = name->data;
+    ngx_xmpp_federation_variable_set(v, name);
 
     return NGX_OK;
 }
@@ -509,11 +497,7 @@ ngx_xmpp_federation_variable_error(ngx_stream_session_t *s,
 
     name = ngx_xmpp_federation_error_name(ctx->error);
 
-    v->len = name->len;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-    v->data = name->data;
+    ngx_xmpp_federation_variable_set(v, name);
 
     return NGX_OK;
 }

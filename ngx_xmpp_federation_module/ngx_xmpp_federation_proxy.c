@@ -179,42 +179,22 @@ ngx_xmpp_federation_peer_write(ngx_xmpp_federation_peer_t *peer,
 static void
 ngx_xmpp_federation_peer_send(ngx_xmpp_federation_peer_t *peer)
 {
-    ssize_t            n;
-    ngx_buf_t         *b;
-    ngx_connection_t  *c;
+    ngx_int_t   rc;
+    ngx_buf_t  *b;
 
-    c = peer->pc.connection;
     b = peer->out;
 
-    while (b->pos < b->last) {
+    rc = ngx_xmpp_federation_flush(peer->pc.connection, b, b->last,
+                                   peer->timeout);
 
-        n = c->send(c, b->pos, b->last - b->pos);
-
-        if (n == NGX_ERROR) {
-            ngx_xmpp_federation_peer_fail(peer, "send() failed");
-            return;
-        }
-
-        if (n == NGX_AGAIN || n == 0) {
-            if (!c->write->timer_set) {
-                ngx_add_timer(c->write, peer->timeout);
-            }
-
-            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-                ngx_xmpp_federation_peer_fail(peer, "write event failed");
-            }
-
-            return;
-        }
-
-        b->pos += n;
+    if (rc == NGX_ERROR) {
+        ngx_xmpp_federation_peer_fail(peer, "send() failed");
+        return;
     }
 
-    b->pos = b->start;
-    b->last = b->start;
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
+    if (rc == NGX_OK) {
+        b->pos = b->start;
+        b->last = b->start;
     }
 }
 
@@ -801,7 +781,6 @@ void
 ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
-    ssize_t                      n;
     ngx_buf_t                   *b;
     ngx_connection_t            *gc, *c;
     ngx_xmpp_federation_peer_t  *gw;
@@ -821,32 +800,21 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     gc = gw->pc.connection;
     b = ctx->in;
 
-    while (b->pos < ctx->fwd) {
+    if (gw->out->pos != gw->out->last) {
+        /* our own line is on its way: it goes first */
+        return;
+    }
 
-        if (gw->out->pos != gw->out->last) {
-            /* our own line is on its way: it goes first */
-            return;
-        }
+    switch (ngx_xmpp_federation_flush(gc, b, ctx->fwd, 0)) {
 
-        n = gc->send(gc, b->pos, ctx->fwd - b->pos);
-
-        if (n == NGX_ERROR) {
-            ngx_xmpp_federation_stream_error(s, ctx,
+    case NGX_ERROR:
+        ngx_xmpp_federation_stream_error(s, ctx,
                                      ngx_xmpp_err_remote_connection_failed,
                                      "sending to the gateway failed");
-            return;
-        }
+        return;
 
-        if (n == NGX_AGAIN || n == 0) {
-            if (ngx_handle_write_event(gc->write, 0) != NGX_OK) {
-                ngx_xmpp_federation_finalize(s,
-                                             NGX_STREAM_INTERNAL_SERVER_ERROR);
-            }
-
-            return;
-        }
-
-        b->pos += n;
+    case NGX_AGAIN:
+        return;
     }
 
     if (ctx->ended && gw->out->pos == gw->out->last && !ctx->quit) {
