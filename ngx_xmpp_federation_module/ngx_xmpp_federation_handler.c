@@ -1427,9 +1427,16 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 
 #if (NGX_STREAM_SSL)
     if (c->ssl) {
-        /* TLS ends first (close_notify), then TCP; the rest is drained raw */
+        /*
+         * TLS ends first (close_notify), then TCP; the rest is drained
+         * raw, and the final shutdown must not read TLS records again:
+         * the peer's data after our close_notify is no error of ours
+         */
+        ERR_clear_error();
         (void) SSL_shutdown(c->ssl->connection);
+        ERR_clear_error();
         c->ssl->no_send_shutdown = 1;
+        c->ssl->no_wait_shutdown = 1;
     }
 #endif
 
@@ -1493,6 +1500,17 @@ ngx_xmpp_federation_finalize(ngx_stream_session_t *s, ngx_uint_t status)
 {
     ngx_log_debug1(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
                    "xmpp finalize: %ui", status);
+
+#if (NGX_STREAM_SSL)
+    if (s->connection->ssl) {
+        /*
+         * the stream is over: our close_notify goes out, and whatever the
+         * peer still sends is not read as TLS (nginx 1.22 would log the
+         * peer's data after our close_notify as a critical error)
+         */
+        s->connection->ssl->no_wait_shutdown = 1;
+    }
+#endif
 
     ngx_stream_finalize_session(s, status);
 }

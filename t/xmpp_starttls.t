@@ -117,7 +117,7 @@ EOF
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation TLS')->plan(60);
+$t->try_run('no xmpp_federation TLS')->plan(63);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -434,6 +434,23 @@ $port{plain_end} = $x->sockport();
 stream_open($x, from => 'tailspin.example');
 $x->send('</stream:stream>');
 $x->closed();
+
+# the peer's TLS data after the edge's close_notify, once the edge has
+# drained for its 5 s and shuts TLS down: no error of the edge's own
+
+$x = peer();
+stream_open($x, from => 'tailspin.example');
+tls($x, SSL_version => 'TLSv1_2');
+stream_open($x, from => 'tailspin.example');
+$x->send('<<');
+is($x->stream_error(), 'not-well-formed', 'after close_notify: stream error');
+ok($x->read_until(qr!</stream:stream>!), 'after close_notify: stream closed');
+select(undef, undef, undef, 5.5);
+Net::SSLeay::write($x->socket()->_get_ssl_object(),
+	"<message to='a\@contoso.example'/>");
+select(undef, undef, undef, 0.5);
+unlike($t->read_file('error.log'), qr/\[crit\].*SSL_shutdown/,
+	'after close_notify: late data not logged as crit');
 
 $x = undef;
 
