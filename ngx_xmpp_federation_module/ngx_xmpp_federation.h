@@ -166,9 +166,16 @@ typedef struct {
     size_t                          max_stanza_size;
 
     /* absolute byte offsets in the stream since the last reset */
-    off_t                           consumed;      /* bytes fed to expat */
+    off_t                           consumed;      /* bytes given to us */
+    off_t                           fed;           /* bytes parsed */
+    off_t                           skipped;       /* scanned, not expat's */
     off_t                           start;         /* element start */
     off_t                           end;           /* element end */
+
+    /* the scanner reads the stream where the caller keeps it */
+    ngx_buf_t                     **buf;
+    off_t                          *base;          /* offset of start */
+    ngx_uint_t                      tries;         /* partial scans */
 
     /* the header, or the top-level element */
     ngx_str_t                       ns;            /* namespace URI */
@@ -189,6 +196,10 @@ typedef struct {
     unsigned                        header_done:1;
     unsigned                        stopped:1;
     unsigned                        close_pending:1;
+    unsigned                        suspended:1;
+    unsigned                        scan:1;        /* the fast path is on */
+    unsigned                        punt:1;        /* this one is expat's */
+    unsigned                        pending:1;     /* a partial scan */
 } ngx_xmpp_federation_parser_t;
 
 
@@ -315,6 +326,8 @@ ngx_int_t ngx_xmpp_federation_parser_reset(
 ngx_int_t ngx_xmpp_federation_parse(ngx_xmpp_federation_parser_t *p,
     u_char *data, size_t len);
 ngx_int_t ngx_xmpp_federation_parse_next(ngx_xmpp_federation_parser_t *p);
+void ngx_xmpp_federation_parser_scan(ngx_xmpp_federation_parser_t *p,
+    ngx_buf_t **buf, off_t *base);
 
 /* ngx_xmpp_federation_preread.c */
 ngx_int_t ngx_xmpp_federation_add_variables(ngx_conf_t *cf);

@@ -104,6 +104,9 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
     ngx_queue_init(&ctx->verifies);
 
+    /* the stream's bytes stay in ctx->in until they are checked */
+    ngx_xmpp_federation_parser_scan(ctx->parser, &ctx->in, &ctx->base);
+
     cln->handler = ngx_xmpp_federation_cleanup;
     cln->data = ctx;
 

@@ -18,6 +18,19 @@
  * Restricted XML (RFC 6120 section 11.1): DOCTYPE, processing
  * instructions, comments and entity declarations stop the parser with
  * restricted-xml.
+ *
+ * The fast path: on a stream whose caller keeps the bytes (the partner's
+ * side, ngx_xmpp_federation_parser_scan()), a stanza between top-level
+ * elements is scanned here rather than by expat when it is made of what
+ * stanzas are made of: unprefixed ASCII names, quoted attribute values,
+ * text in UTF-8, the five predefined entities, character references.
+ * The scan accepts only well-formed XML and knows nothing else: whatever
+ * it is not sure of (a prefix, CDATA, a comment, another entity, a bad
+ * byte, a stanza over the size limit) it leaves to expat, which parses
+ * that element from its first byte and reports it, or its error, as
+ * always.  expat is fed in pieces ending with '>', so that nothing after
+ * the element it reports stays inside expat, and its byte offsets are
+ * those of the stream less what the scan took.
  */
 
 
@@ -28,6 +41,15 @@
 #define NGX_XMPP_FEDERATION_SCRATCH   8192
 #define NGX_XMPP_FEDERATION_TEXT_MAX  4096
 
+#define NGX_XMPP_FEDERATION_SCAN_DEPTH  32
+#define NGX_XMPP_FEDERATION_SCAN_ATTRS  16
+#define NGX_XMPP_FEDERATION_SCAN_TRIES  4
+
+#if (defined __SSE2__ && defined __GNUC__)
+#define NGX_XMPP_FEDERATION_SSE2  1
+#include <emmintrin.h>
+#endif
+
 
 typedef struct {
     ngx_xmpp_federation_parser_t  *parser;
@@ -37,11 +59,34 @@ typedef struct {
 } ngx_xmpp_federation_parse_ud_t;
 
 
+typedef struct {
+    u_char                        *name;
+    size_t                         len;
+} ngx_xmpp_federation_scan_name_t;
+
+
 static ngx_int_t ngx_xmpp_federation_parser_init(
     ngx_xmpp_federation_parser_t *p);
 static void ngx_xmpp_federation_parser_cleanup(void *data);
 static ngx_int_t ngx_xmpp_federation_parse_status(
     ngx_xmpp_federation_parser_t *p, enum XML_Status status);
+static ngx_int_t ngx_xmpp_federation_advance(
+    ngx_xmpp_federation_parser_t *p);
+static ngx_int_t ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p);
+static ngx_int_t ngx_xmpp_federation_scan_stanza(
+    ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last,
+    u_char **end);
+static ngx_int_t ngx_xmpp_federation_scan_tag(
+    ngx_xmpp_federation_parser_t *p, u_char **pos, u_char *last,
+    ngx_uint_t top, ngx_xmpp_federation_scan_name_t *name);
+static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
+    u_char quote, ngx_uint_t *simple);
+static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
+static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
+static u_char *ngx_xmpp_federation_scan_text(u_char *pos, u_char *last);
+static ngx_int_t ngx_xmpp_federation_scan_store(
+    ngx_xmpp_federation_parser_t *p, ngx_str_t *dst, u_char *src,
+    size_t len);
 static void ngx_xmpp_federation_fail(ngx_xmpp_federation_parser_t *p,
     ngx_xmpp_federation_error_e err, const char *reason);
 static ngx_int_t ngx_xmpp_federation_check_size(
@@ -178,12 +223,18 @@ ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
     p->reason = NULL;
     p->depth = 0;
     p->consumed = 0;
+    p->fed = 0;
+    p->skipped = 0;
+    p->tries = 0;
     p->start = 0;
     p->end = 0;
     p->default_ns_ok = 0;
     p->header_done = 0;
     p->stopped = 0;
     p->close_pending = 0;
+    p->suspended = 0;
+    p->punt = 0;
+    p->pending = 0;
     ngx_str_null(&p->ns_decls);
 
     return NGX_OK;
@@ -222,15 +273,39 @@ ngx_xmpp_federation_parse(ngx_xmpp_federation_parser_t *p, u_char *data,
     p->event = ngx_xmpp_ev_none;
     p->consumed += len;
 
+    if (p->scan) {
+        /* the bytes are those of the caller's buffer, at p->fed on */
+        return ngx_xmpp_federation_advance(p);
+    }
+
+    p->fed = p->consumed;
+
     status = XML_Parse(p->expat, (const char *) data, (int) len, 0);
 
     return ngx_xmpp_federation_parse_status(p, status);
 }
 
 
+/*
+ * The fast path is for a parser whose bytes stay in the caller's buffer
+ * (*buf, its start at stream offset *base) at least from the beginning
+ * of the element being parsed.
+ */
+
+void
+ngx_xmpp_federation_parser_scan(ngx_xmpp_federation_parser_t *p,
+    ngx_buf_t **buf, off_t *base)
+{
+    p->buf = buf;
+    p->base = base;
+    p->scan = 1;
+}
+
+
 ngx_int_t
 ngx_xmpp_federation_parse_next(ngx_xmpp_federation_parser_t *p)
 {
+    ngx_int_t        rc;
     enum XML_Status  status;
 
     if (p->stopped) {
@@ -245,9 +320,84 @@ ngx_xmpp_federation_parse_next(ngx_xmpp_federation_parser_t *p)
 
     p->event = ngx_xmpp_ev_none;
 
-    status = XML_ResumeParser(p->expat);
+    if (!p->scan) {
+        status = XML_ResumeParser(p->expat);
+        return ngx_xmpp_federation_parse_status(p, status);
+    }
 
-    return ngx_xmpp_federation_parse_status(p, status);
+    if (p->suspended) {
+        p->suspended = 0;
+
+        status = XML_ResumeParser(p->expat);
+
+        rc = ngx_xmpp_federation_parse_status(p, status);
+        if (rc != NGX_AGAIN) {
+            return rc;
+        }
+
+        if (p->depth == 1) {
+            /* expat is done with the element it was given */
+            p->punt = 0;
+        }
+    }
+
+    return ngx_xmpp_federation_advance(p);
+}
+
+
+/* the scan between elements, expat for the rest, until an event */
+
+static ngx_int_t
+ngx_xmpp_federation_advance(ngx_xmpp_federation_parser_t *p)
+{
+    u_char           *pos, *last, *gt;
+    ngx_int_t         rc;
+    enum XML_Status   status;
+
+    if (p->pending) {
+        /* a partial scan starts again from the element's first byte */
+        p->pending = 0;
+        p->depth = 1;
+    }
+
+    while (p->fed < p->consumed) {
+
+        if (p->header_done && p->depth == 1 && !p->punt) {
+
+            rc = ngx_xmpp_federation_scan(p);
+
+            if (rc != NGX_DECLINED) {
+                return rc;
+            }
+
+            ngx_log_debug1(NGX_LOG_DEBUG_STREAM, p->log, 0,
+                           "xmpp parse: expat takes the element at %O",
+                           p->fed);
+
+            p->punt = 1;
+            continue;
+        }
+
+        pos = (*p->buf)->start + (p->fed - *p->base);
+        last = (*p->buf)->start + (p->consumed - *p->base);
+
+        gt = ngx_strlchr(pos, last, '>');
+        if (gt) {
+            last = gt + 1;
+        }
+
+        p->fed += last - pos;
+
+        status = XML_Parse(p->expat, (const char *) pos, (int) (last - pos),
+                           0);
+
+        rc = ngx_xmpp_federation_parse_status(p, status);
+        if (rc != NGX_AGAIN) {
+            return rc;
+        }
+    }
+
+    return NGX_AGAIN;
 }
 
 
@@ -260,6 +410,7 @@ ngx_xmpp_federation_parse_status(ngx_xmpp_federation_parser_t *p,
     switch (status) {
 
     case XML_STATUS_SUSPENDED:
+        p->suspended = 1;
         return NGX_OK;
 
     case XML_STATUS_OK:
@@ -321,7 +472,7 @@ static ngx_int_t
 ngx_xmpp_federation_check_size(ngx_xmpp_federation_parser_t *p)
 {
     if (!p->header_done) {
-        if ((size_t) p->consumed > p->max_header_size) {
+        if ((size_t) p->fed > p->max_header_size) {
             p->event = ngx_xmpp_ev_error;
             p->error = ngx_xmpp_err_policy_violation;
             p->reason = "stream header is larger than "
@@ -333,7 +484,7 @@ ngx_xmpp_federation_check_size(ngx_xmpp_federation_parser_t *p)
     }
 
     if (p->depth > 1
-        && (size_t) (p->consumed - p->start) > p->max_stanza_size)
+        && (size_t) (p->fed - p->start) > p->max_stanza_size)
     {
         p->event = ngx_xmpp_ev_error;
         p->error = ngx_xmpp_err_policy_violation;
@@ -472,7 +623,7 @@ ngx_xmpp_federation_start_element(void *data, const XML_Char *name,
 
         ud->pos = ud->scratch;
         p->start = 0;
-        end = XML_GetCurrentByteIndex(p->expat)
+        end = XML_GetCurrentByteIndex(p->expat) + p->skipped
               + XML_GetCurrentByteCount(p->expat);
         p->end = end;
 
@@ -502,7 +653,7 @@ ngx_xmpp_federation_start_element(void *data, const XML_Char *name,
         /* a top-level element: a stanza or a negotiation element */
 
         ud->pos = ud->scratch;
-        p->start = XML_GetCurrentByteIndex(p->expat);
+        p->start = XML_GetCurrentByteIndex(p->expat) + p->skipped;
         ngx_str_null(&p->text);
 
         ngx_xmpp_federation_split_name(p, name);
@@ -518,7 +669,7 @@ ngx_xmpp_federation_start_element(void *data, const XML_Char *name,
 
     p->depth++;
 
-    if ((size_t) (XML_GetCurrentByteIndex(p->expat)
+    if ((size_t) (XML_GetCurrentByteIndex(p->expat) + p->skipped
                   + XML_GetCurrentByteCount(p->expat) - p->start)
         > p->max_stanza_size)
     {
@@ -563,7 +714,7 @@ ngx_xmpp_federation_end_element(void *data, const XML_Char *name)
      * no bytes of its own here, the tag ends where the current event does.
      */
 
-    index = XML_GetCurrentByteIndex(p->expat);
+    index = XML_GetCurrentByteIndex(p->expat) + p->skipped;
     p->end = index + XML_GetCurrentByteCount(p->expat);
 
     if ((size_t) (p->end - p->start) > p->max_stanza_size) {
@@ -766,4 +917,827 @@ ngx_xmpp_federation_entity_decl(void *data, const XML_Char *name,
 
     ngx_xmpp_federation_fail(ud->parser, ngx_xmpp_err_restricted_xml,
                              "entity declaration");
+}
+
+
+/* the fast path */
+
+static uint32_t  ngx_xmpp_federation_text_plain[] = {
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+    0xafffffbf, /* 1010 1111 1111 1111  1111 1111 1011 1111 */
+
+                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+    0xffffffff, /* 1111 1111 1111 1111  1111 1111 1111 1111 */
+
+                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+    0x7fffffff, /* 0111 1111 1111 1111  1111 1111 1111 1111 */
+
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+};
+
+
+static uint32_t  ngx_xmpp_federation_value_plain[] = {
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+    0xefffff3b, /* 1110 1111 1111 1111  1111 1111 0011 1011 */
+
+                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+    0xffffffff, /* 1111 1111 1111 1111  1111 1111 1111 1111 */
+
+                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+    0x7fffffff, /* 0111 1111 1111 1111  1111 1111 1111 1111 */
+
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+};
+
+
+static uint32_t  ngx_xmpp_federation_name_start[] = {
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+    0x87fffffe, /* 1000 0111 1111 1111  1111 1111 1111 1110 */
+
+                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
+
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+};
+
+
+static uint32_t  ngx_xmpp_federation_name_char[] = {
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+    0x03ff6000, /* 0000 0011 1111 1111  0110 0000 0000 0000 */
+
+                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+    0x87fffffe, /* 1000 0111 1111 1111  1111 1111 1111 1110 */
+
+                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
+
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+};
+
+
+#define ngx_xmpp_federation_in(set, ch)                                       \
+    ((set)[(ch) >> 5] & (1U << ((ch) & 0x1f)))
+
+#define ngx_xmpp_federation_ws(ch)                                            \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
+
+/*
+ * Between top-level elements: whitespace is skipped, a stanza is scanned
+ * whole.  NGX_OK with an element, NGX_AGAIN for more bytes, NGX_DECLINED
+ * for expat.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
+{
+    u_char      *pos, *start, *last, *end;
+    ngx_int_t    rc;
+    ngx_uint_t   limited;
+
+    start = (*p->buf)->start + (p->fed - *p->base);
+    last = (*p->buf)->start + (p->consumed - *p->base);
+
+    for (pos = start; pos < last && ngx_xmpp_federation_ws(*pos); pos++) {
+        /* void */
+    }
+
+    /* whitespace keepalives: expat need not see them */
+
+    p->fed += pos - start;
+    p->skipped += pos - start;
+
+    if (pos == last) {
+        return NGX_AGAIN;
+    }
+
+    if (*pos != '<' || !p->default_ns_ok) {
+        return NGX_DECLINED;
+    }
+
+    limited = 0;
+
+    if ((size_t) (last - pos) > p->max_stanza_size) {
+        last = pos + p->max_stanza_size;
+        limited = 1;
+    }
+
+    rc = ngx_xmpp_federation_scan_stanza(p, pos, last, &end);
+
+    if (rc == NGX_OK) {
+        p->start = p->fed;
+        p->end = p->fed + (end - pos);
+        p->skipped += end - pos;
+        p->fed = p->end;
+        p->tries = 0;
+        p->event = ngx_xmpp_ev_element;
+        return NGX_OK;
+    }
+
+    if (rc == NGX_AGAIN && !limited
+        && ++p->tries < NGX_XMPP_FEDERATION_SCAN_TRIES)
+    {
+        /* the caller sees the parser inside an element */
+        p->pending = 1;
+        p->depth = 2;
+        return NGX_AGAIN;
+    }
+
+    /* too large, or too slow in coming: expat goes on where it stops */
+
+    p->tries = 0;
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
+    u_char *pos, u_char *last, u_char **end)
+{
+    size_t                            len;
+    ngx_int_t                         rc;
+    ngx_uint_t                        depth;
+    ngx_xmpp_federation_scan_name_t   stack[NGX_XMPP_FEDERATION_SCAN_DEPTH];
+
+    rc = ngx_xmpp_federation_scan_tag(p, &pos, last, 1, &stack[0]);
+
+    if (rc == NGX_DONE) {
+        *end = pos;
+        return NGX_OK;
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    depth = 1;
+
+    for ( ;; ) {
+
+        pos = ngx_xmpp_federation_scan_text(pos, last);
+
+        if (pos == last) {
+            return NGX_AGAIN;
+        }
+
+        switch (*pos) {
+
+        case '<':
+            break;
+
+        case '&':
+            rc = ngx_xmpp_federation_scan_ref(&pos, last);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            continue;
+
+        case '>':
+            /* "]]>" is not text; a tag is at least three bytes back */
+            if (pos[-1] == ']' && pos[-2] == ']') {
+                return NGX_DECLINED;
+            }
+
+            pos++;
+            continue;
+
+        case '\t':
+        case '\n':
+        case '\r':
+            pos++;
+            continue;
+
+        default:
+            rc = ngx_xmpp_federation_scan_utf8(&pos, last);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            continue;
+        }
+
+        if (last - pos < 2) {
+            return NGX_AGAIN;
+        }
+
+        if (pos[1] == '/') {
+
+            /* the end tag of the innermost open element, by its name */
+
+            pos += 2;
+            len = stack[depth - 1].len;
+
+            if ((size_t) (last - pos) <= len) {
+                return NGX_AGAIN;
+            }
+
+            if (ngx_memcmp(pos, stack[depth - 1].name, len) != 0) {
+                return NGX_DECLINED;
+            }
+
+            for (pos += len; pos < last && ngx_xmpp_federation_ws(*pos); pos++)
+            {
+                /* void */
+            }
+
+            if (pos == last) {
+                return NGX_AGAIN;
+            }
+
+            if (*pos != '>') {
+                return NGX_DECLINED;
+            }
+
+            pos++;
+
+            if (--depth == 0) {
+                *end = pos;
+                return NGX_OK;
+            }
+
+            continue;
+        }
+
+        if (depth == NGX_XMPP_FEDERATION_SCAN_DEPTH) {
+            return NGX_DECLINED;
+        }
+
+        rc = ngx_xmpp_federation_scan_tag(p, &pos, last, 0, &stack[depth]);
+
+        if (rc == NGX_OK) {
+            depth++;
+
+        } else if (rc != NGX_DONE) {
+            return rc;
+        }
+    }
+}
+
+
+/*
+ * A start tag at *pos ('<'): NGX_OK for "<name ...>", NGX_DONE for
+ * "<name .../>".  Of the stanza's own tag ("top") the addressing
+ * attributes are kept; its namespace can only be jabber:server.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
+    u_char *last, ngx_uint_t top, ngx_xmpp_federation_scan_name_t *name)
+{
+    u_char                           *s, *attr, *value, quote;
+    size_t                            len;
+    ngx_int_t                         rc;
+    ngx_str_t                        *dst;
+    ngx_uint_t                        i, n, ws, simple;
+    ngx_xmpp_federation_parse_ud_t   *ud;
+    ngx_xmpp_federation_scan_name_t   attrs[NGX_XMPP_FEDERATION_SCAN_ATTRS];
+
+    static ngx_str_t  server = ngx_string(NGX_XMPP_FEDERATION_NS_SERVER);
+
+    s = *pos + 1;
+
+    if (s == last) {
+        return NGX_AGAIN;
+    }
+
+    /* "<!", "<?", a prefix, a name not in ASCII: expat's */
+
+    if (!ngx_xmpp_federation_in(ngx_xmpp_federation_name_start, *s)) {
+        return NGX_DECLINED;
+    }
+
+    name->name = s;
+
+    while (++s < last && ngx_xmpp_federation_in(ngx_xmpp_federation_name_char,
+                                                *s))
+    {
+        /* void */
+    }
+
+    if (s == last) {
+        return NGX_AGAIN;
+    }
+
+    name->len = s - name->name;
+
+    if (top) {
+        if (!((name->len == 7
+               && ngx_strncmp(name->name, "message", 7) == 0)
+              || (name->len == 8
+                  && ngx_strncmp(name->name, "presence", 8) == 0)
+              || (name->len == 2 && ngx_strncmp(name->name, "iq", 2) == 0)))
+        {
+            return NGX_DECLINED;
+        }
+
+        ud = (ngx_xmpp_federation_parse_ud_t *) (p + 1);
+        ud->pos = ud->scratch;
+
+        p->ns = server;
+        ngx_str_null(&p->prefix);
+        ngx_str_null(&p->from);
+        ngx_str_null(&p->to);
+        ngx_str_null(&p->id);
+        ngx_str_null(&p->type);
+        ngx_str_null(&p->version);
+        ngx_str_null(&p->mechanism);
+        ngx_str_null(&p->text);
+
+        if (ngx_xmpp_federation_scan_store(p, &p->name, name->name,
+                                           name->len)
+            != NGX_OK)
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    n = 0;
+
+    for ( ;; ) {
+
+        for (ws = 0; s < last && ngx_xmpp_federation_ws(*s); s++) {
+            ws = 1;
+        }
+
+        if (s == last) {
+            return NGX_AGAIN;
+        }
+
+        if (*s == '>') {
+            *pos = s + 1;
+            return NGX_OK;
+        }
+
+        if (*s == '/') {
+            if (s + 1 == last) {
+                return NGX_AGAIN;
+            }
+
+            if (s[1] != '>') {
+                return NGX_DECLINED;
+            }
+
+            *pos = s + 2;
+            return NGX_DONE;
+        }
+
+        if (!ws || !ngx_xmpp_federation_in(ngx_xmpp_federation_name_start, *s))
+        {
+            return NGX_DECLINED;
+        }
+
+        attr = s;
+
+        while (++s < last
+               && ngx_xmpp_federation_in(ngx_xmpp_federation_name_char, *s))
+        {
+            /* void */
+        }
+
+        if (s == last) {
+            return NGX_AGAIN;
+        }
+
+        if (*s == ':') {
+
+            /* only "xml" is bound without a declaration */
+
+            if (s - attr != 3 || ngx_strncmp(attr, "xml", 3) != 0) {
+                return NGX_DECLINED;
+            }
+
+            if (++s == last) {
+                return NGX_AGAIN;
+            }
+
+            if (!ngx_xmpp_federation_in(ngx_xmpp_federation_name_start, *s)) {
+                return NGX_DECLINED;
+            }
+
+            while (++s < last
+                   && ngx_xmpp_federation_in(ngx_xmpp_federation_name_char,
+                                             *s))
+            {
+                /* void */
+            }
+
+            if (s == last) {
+                return NGX_AGAIN;
+            }
+        }
+
+        len = s - attr;
+
+        /* an attribute once */
+
+        if (n == NGX_XMPP_FEDERATION_SCAN_ATTRS) {
+            return NGX_DECLINED;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (attrs[i].len == len && ngx_memcmp(attrs[i].name, attr, len)
+                                       == 0)
+            {
+                return NGX_DECLINED;
+            }
+        }
+
+        attrs[n].name = attr;
+        attrs[n].len = len;
+        n++;
+
+        while (s < last && ngx_xmpp_federation_ws(*s)) {
+            s++;
+        }
+
+        if (s == last) {
+            return NGX_AGAIN;
+        }
+
+        if (*s++ != '=') {
+            return NGX_DECLINED;
+        }
+
+        while (s < last && ngx_xmpp_federation_ws(*s)) {
+            s++;
+        }
+
+        if (s == last) {
+            return NGX_AGAIN;
+        }
+
+        if (*s != '"' && *s != '\'') {
+            return NGX_DECLINED;
+        }
+
+        quote = *s++;
+        value = s;
+
+        rc = ngx_xmpp_federation_scan_value(&s, last, quote, &simple);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        /* s is at the closing quote */
+
+        if (len == 5 && ngx_strncmp(attr, "xmlns", 5) == 0) {
+
+            if (!simple) {
+                return NGX_DECLINED;
+            }
+
+            if (top) {
+                if ((size_t) (s - value) != server.len
+                    || ngx_strncmp(value, server.data, server.len) != 0)
+                {
+                    return NGX_DECLINED;
+                }
+
+            } else if (s - value >= 18
+                       && ngx_strncmp(value, "http://www.w3.org/", 18) == 0)
+            {
+                /* the reserved namespaces are expat's to refuse */
+                return NGX_DECLINED;
+            }
+
+            s++;
+            continue;
+        }
+
+        dst = NULL;
+
+        if (top) {
+            if (len == 4 && ngx_strncmp(attr, "from", 4) == 0) {
+                dst = &p->from;
+
+            } else if (len == 2 && ngx_strncmp(attr, "to", 2) == 0) {
+                dst = &p->to;
+
+            } else if (len == 2 && ngx_strncmp(attr, "id", 2) == 0) {
+                dst = &p->id;
+
+            } else if (len == 4 && ngx_strncmp(attr, "type", 4) == 0) {
+                dst = &p->type;
+            }
+        }
+
+        if (dst) {
+            /* values that need decoding or normalizing are expat's */
+
+            if (!simple
+                || ngx_xmpp_federation_scan_store(p, dst, value, s - value)
+                   != NGX_OK)
+            {
+                return NGX_DECLINED;
+            }
+        }
+
+        s++;
+    }
+}
+
+
+/* an attribute value up to its closing quote */
+
+static ngx_int_t
+ngx_xmpp_federation_scan_value(u_char **pos, u_char *last, u_char quote,
+    ngx_uint_t *simple)
+{
+    u_char     *s;
+    ngx_int_t   rc;
+
+    s = *pos;
+    *simple = 1;
+
+    for ( ;; ) {
+
+        while (s < last
+               && ngx_xmpp_federation_in(ngx_xmpp_federation_value_plain, *s))
+        {
+            s++;
+        }
+
+        if (s == last) {
+            return NGX_AGAIN;
+        }
+
+        if (*s == quote) {
+            *pos = s;
+            return NGX_OK;
+        }
+
+        switch (*s) {
+
+        case '"':
+        case '\'':
+            s++;
+            break;
+
+        case '&':
+            *simple = 0;
+
+            rc = ngx_xmpp_federation_scan_ref(&s, last);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            break;
+
+        case '\t':
+        case '\n':
+        case '\r':
+            /* normalized to spaces by a parser */
+            *simple = 0;
+            s++;
+            break;
+
+        default:
+            rc = ngx_xmpp_federation_scan_utf8(&s, last);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            break;
+        }
+    }
+}
+
+
+/* the predefined entities and character references of XML chars */
+
+static ngx_int_t
+ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last)
+{
+    u_char      *s, *semi;
+    size_t       len;
+    uint32_t     ch;
+    ngx_uint_t   hex, digit;
+
+    s = *pos;
+    len = ngx_min((size_t) (last - s), 12);
+
+    semi = ngx_strlchr(s, s + len, ';');
+
+    if (semi == NULL) {
+        return (len < 12) ? NGX_AGAIN : NGX_DECLINED;
+    }
+
+    len = semi - s + 1;
+
+    if ((len == 4 && (ngx_strncmp(s, "&lt;", 4) == 0
+                      || ngx_strncmp(s, "&gt;", 4) == 0))
+        || (len == 5 && ngx_strncmp(s, "&amp;", 5) == 0)
+        || (len == 6 && (ngx_strncmp(s, "&quot;", 6) == 0
+                         || ngx_strncmp(s, "&apos;", 6) == 0)))
+    {
+        *pos = semi + 1;
+        return NGX_OK;
+    }
+
+    if (len < 4 || s[1] != '#') {
+        return NGX_DECLINED;
+    }
+
+    s += 2;
+    hex = 0;
+
+    if (*s == 'x') {
+        hex = 1;
+        s++;
+    }
+
+    if (s == semi) {
+        return NGX_DECLINED;
+    }
+
+    for (ch = 0; s < semi; s++) {
+
+        if (*s >= '0' && *s <= '9') {
+            digit = *s - '0';
+
+        } else if (hex && (*s | 0x20) >= 'a' && (*s | 0x20) <= 'f') {
+            digit = (*s | 0x20) - 'a' + 10;
+
+        } else {
+            return NGX_DECLINED;
+        }
+
+        ch = ch * (hex ? 16 : 10) + digit;
+
+        if (ch > 0x10ffff) {
+            return NGX_DECLINED;
+        }
+    }
+
+    if (!(ch == 0x9 || ch == 0xa || ch == 0xd
+          || (ch >= 0x20 && ch <= 0xd7ff)
+          || (ch >= 0xe000 && ch <= 0xfffd)
+          || ch >= 0x10000))
+    {
+        return NGX_DECLINED;
+    }
+
+    *pos = semi + 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * One UTF-8 character of XML: no overlong forms, no surrogates, nothing
+ * over U+10FFFF, not U+FFFE or U+FFFF; and no other control character
+ * than the three the callers take.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last)
+{
+    u_char  *s, c, lo, hi;
+    size_t   n, i;
+
+    s = *pos;
+    c = *s;
+
+    if (c < 0xc2 || c > 0xf4) {
+        return NGX_DECLINED;
+    }
+
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (c < 0xe0) {
+        n = 2;
+
+    } else if (c < 0xf0) {
+        n = 3;
+
+        if (c == 0xe0) {
+            lo = 0xa0;
+
+        } else if (c == 0xed) {
+            hi = 0x9f;
+        }
+
+    } else {
+        n = 4;
+
+        if (c == 0xf0) {
+            lo = 0x90;
+
+        } else if (c == 0xf4) {
+            hi = 0x8f;
+        }
+    }
+
+    if ((size_t) (last - s) < n) {
+        return NGX_AGAIN;
+    }
+
+    if (s[1] < lo || s[1] > hi) {
+        return NGX_DECLINED;
+    }
+
+    for (i = 2; i < n; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf) {
+            return NGX_DECLINED;
+        }
+    }
+
+    if (c == 0xef && s[1] == 0xbf && (s[2] == 0xbe || s[2] == 0xbf)) {
+        return NGX_DECLINED;
+    }
+
+    *pos = s + n;
+
+    return NGX_OK;
+}
+
+
+/* the first byte of text that is not plain ASCII */
+
+static u_char *
+ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
+{
+#if (NGX_XMPP_FEDERATION_SSE2)
+    int      mask;
+    __m128i  v, m, space, lt, amp, gt, del;
+
+    space = _mm_set1_epi8(0x20);
+    lt = _mm_set1_epi8('<');
+    amp = _mm_set1_epi8('&');
+    gt = _mm_set1_epi8('>');
+    del = _mm_set1_epi8(0x7f);
+
+    while (last - pos >= 16) {
+        v = _mm_loadu_si128((const __m128i *) pos);
+
+        /* signed: the controls and every byte from 0x80 */
+        m = _mm_cmplt_epi8(v, space);
+        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, lt));
+        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, amp));
+        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, gt));
+        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, del));
+
+        mask = _mm_movemask_epi8(m);
+
+        if (mask) {
+            return pos + __builtin_ctz(mask);
+        }
+
+        pos += 16;
+    }
+#endif
+
+    while (pos < last
+           && ngx_xmpp_federation_in(ngx_xmpp_federation_text_plain, *pos))
+    {
+        pos++;
+    }
+
+    return pos;
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_scan_store(ngx_xmpp_federation_parser_t *p,
+    ngx_str_t *dst, u_char *src, size_t len)
+{
+    ngx_xmpp_federation_parse_ud_t  *ud;
+
+    ud = (ngx_xmpp_federation_parse_ud_t *) (p + 1);
+
+    if ((size_t) (ud->end - ud->pos) < len) {
+        return NGX_ERROR;
+    }
+
+    dst->data = ud->pos;
+    dst->len = len;
+    ud->pos = ngx_cpymem(ud->pos, src, len);
+
+    return NGX_OK;
 }
