@@ -25,6 +25,11 @@ typedef struct ngx_xmpp_federation_verify_s  ngx_xmpp_federation_verify_t;
 #define NGX_XMPP_FEDERATION_NS_SASL     "urn:ietf:params:xml:ns:xmpp-sasl"
 #define NGX_XMPP_FEDERATION_NS_ERRORS   "urn:ietf:params:xml:ns:xmpp-streams"
 
+/* a name or namespace against a literal */
+#define ngx_xmpp_federation_is(str, value)                                    \
+    ((str)->len == sizeof(value) - 1                                          \
+     && ngx_strncmp((str)->data, value, sizeof(value) - 1) == 0)
+
 
 /* room for one line of our own: a dialback element with two domains */
 #define NGX_XMPP_FEDERATION_LINE  (2 * 1024 + 512)
@@ -354,7 +359,6 @@ void ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
     const char *reason);
 void ngx_xmpp_federation_finalize(ngx_stream_session_t *s,
     ngx_uint_t status);
-ngx_int_t ngx_xmpp_federation_is(ngx_str_t *str, const char *value);
 ngx_int_t ngx_xmpp_federation_process(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 size_t ngx_xmpp_federation_escape(u_char *dst, ngx_str_t *src);

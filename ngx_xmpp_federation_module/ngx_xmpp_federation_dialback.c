@@ -444,12 +444,24 @@ ngx_xmpp_federation_find_pair(ngx_xmpp_federation_ctx_t *ctx,
     pair = ctx->pairs.elts;
 
     for (i = 0; i < ctx->pairs.nelts; i++) {
-        if (pair[i].remote.len == remote->len
-            && pair[i].local.len == local->len
-            && ngx_strncasecmp(pair[i].remote.data, remote->data,
-                               remote->len) == 0
-            && ngx_strncasecmp(pair[i].local.data, local->data, local->len)
-               == 0)
+
+        if (pair[i].remote.len != remote->len
+            || pair[i].local.len != local->len)
+        {
+            continue;
+        }
+
+        /* the pair is in lowercase, and so are the stanzas, mostly */
+
+        if ((ngx_memcmp(pair[i].remote.data, remote->data, remote->len)
+             == 0
+             || ngx_strncasecmp(pair[i].remote.data, remote->data,
+                                remote->len)
+                == 0)
+            && (ngx_memcmp(pair[i].local.data, local->data, local->len) == 0
+                || ngx_strncasecmp(pair[i].local.data, local->data,
+                                   local->len)
+                   == 0))
         {
             return &pair[i];
         }

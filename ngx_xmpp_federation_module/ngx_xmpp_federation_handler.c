@@ -559,18 +559,20 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
         return NGX_DONE;
     }
 
+    /* a pair is only ever made for a local domain */
+
+    pair = ngx_xmpp_federation_find_pair(ctx, &from, &to);
+
     fmcf = ngx_stream_get_module_main_conf(s,
                                           ngx_stream_xmpp_federation_module);
 
-    if (!ngx_xmpp_federation_is_local(fmcf, &to)) {
+    if (pair == NULL && !ngx_xmpp_federation_is_local(fmcf, &to)) {
         ngx_xmpp_federation_stream_error(s, ctx,
                                          ngx_xmpp_err_improper_addressing,
                                          "stanza to a domain that is not "
                                          "local");
         return NGX_DONE;
     }
-
-    pair = ngx_xmpp_federation_find_pair(ctx, &from, &to);
 
     if (pair == NULL || pair->state == ngx_xmpp_pair_failed) {
         ngx_xmpp_federation_stream_error(s, ctx, ngx_xmpp_err_invalid_from,
@@ -749,11 +751,16 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
         return NGX_AGAIN;
     }
 
-    if (b->last < b->end) {
-        return NGX_OK;
-    }
+    /*
+     * The unsent rest (a partial stanza, mostly) goes back to the start
+     * before the free space gets small, so that reads are as large as
+     * proxy_pass's; never more bytes moved than space won.
+     */
 
-    if (b->pos > b->start) {
+    if (b->pos > b->start
+        && (size_t) (b->end - b->last) < (size_t) (b->end - b->start) / 2
+        && b->pos - b->start >= b->last - b->pos)
+    {
         size = b->pos - b->start;
 
         ngx_memmove(b->start, b->pos, b->last - b->pos);
@@ -764,6 +771,10 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
         b->last -= size;
         b->pos = b->start;
 
+        return NGX_OK;
+    }
+
+    if (b->last < b->end) {
         return NGX_OK;
     }
 
@@ -1516,15 +1527,4 @@ ngx_xmpp_federation_finalize(ngx_stream_session_t *s, ngx_uint_t status)
 #endif
 
     ngx_stream_finalize_session(s, status);
-}
-
-
-ngx_int_t
-ngx_xmpp_federation_is(ngx_str_t *str, const char *value)
-{
-    size_t  len;
-
-    len = ngx_strlen(value);
-
-    return str->len == len && ngx_strncmp(str->data, value, len) == 0;
 }
