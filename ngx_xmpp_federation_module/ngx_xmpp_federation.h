@@ -266,6 +266,7 @@ struct ngx_xmpp_federation_peer_s {
     unsigned                             ready:1;
     unsigned                             closed:1;
     unsigned                             failed:1; /* could not connect */
+    unsigned                             nodelay:1;
 };
 
 
@@ -395,6 +396,7 @@ void ngx_xmpp_federation_pair_done(ngx_stream_session_t *s,
 /* ngx_xmpp_federation_proxy.c */
 ngx_xmpp_federation_peer_t *ngx_xmpp_federation_peer_create(
     ngx_log_t *log, ngx_msec_t timeout);
+ngx_uint_t ngx_xmpp_federation_nodelay(ngx_stream_session_t *s);
 ngx_int_t ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
     struct sockaddr *sockaddr, socklen_t socklen, ngx_str_t *name);
 ngx_int_t ngx_xmpp_federation_peer_write(ngx_xmpp_federation_peer_t *peer,

@@ -574,6 +574,8 @@ ngx_xmpp_federation_verify_start(ngx_stream_session_t *s,
         return NGX_ERROR;
     }
 
+    peer->nodelay = ngx_xmpp_federation_nodelay(s);
+
     v = ngx_pcalloc(peer->pool, sizeof(ngx_xmpp_federation_verify_t));
     cln = ngx_pool_cleanup_add(peer->pool, 0);
     d = ngx_pnalloc(peer->pool, p->text.len + ctx->stream_id.len);

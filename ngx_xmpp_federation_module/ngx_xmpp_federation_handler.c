@@ -126,6 +126,11 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
     c->read->handler = ngx_xmpp_federation_read_handler;
     c->write->handler = ngx_xmpp_federation_write_handler;
 
+    if (ngx_xmpp_federation_nodelay(s) && ngx_tcp_nodelay(c) != NGX_OK) {
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
     /* the whole negotiation is bounded, as Lync's establishment timeout */
     ngx_add_timer(c->read, fscf->timeout);
 

@@ -83,6 +83,7 @@ static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
 static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
+static u_char *ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last);
 static u_char *ngx_xmpp_federation_scan_text(u_char *pos, u_char *last);
 static ngx_int_t ngx_xmpp_federation_scan_store(
     ngx_xmpp_federation_parser_t *p, ngx_str_t *dst, u_char *src,
@@ -1247,10 +1248,10 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     if (top) {
         if (!((name->len == 7
-               && ngx_strncmp(name->name, "message", 7) == 0)
+               && ngx_memcmp(name->name, "message", 7) == 0)
               || (name->len == 8
-                  && ngx_strncmp(name->name, "presence", 8) == 0)
-              || (name->len == 2 && ngx_strncmp(name->name, "iq", 2) == 0)))
+                  && ngx_memcmp(name->name, "presence", 8) == 0)
+              || (name->len == 2 && ngx_memcmp(name->name, "iq", 2) == 0)))
         {
             return NGX_DECLINED;
         }
@@ -1327,7 +1328,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
             /* only "xml" is bound without a declaration */
 
-            if (s - attr != 3 || ngx_strncmp(attr, "xml", 3) != 0) {
+            if (s - attr != 3 || ngx_memcmp(attr, "xml", 3) != 0) {
                 return NGX_DECLINED;
             }
 
@@ -1360,8 +1361,9 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
         }
 
         for (i = 0; i < n; i++) {
-            if (attrs[i].len == len && ngx_memcmp(attrs[i].name, attr, len)
-                                       == 0)
+            if (attrs[i].len == len
+                && attrs[i].name[len - 1] == attr[len - 1]
+                && ngx_memcmp(attrs[i].name, attr, len) == 0)
             {
                 return NGX_DECLINED;
             }
@@ -1405,7 +1407,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         /* s is at the closing quote */
 
-        if (len == 5 && ngx_strncmp(attr, "xmlns", 5) == 0) {
+        if (len == 5 && ngx_memcmp(attr, "xmlns", 5) == 0) {
 
             if (!simple) {
                 return NGX_DECLINED;
@@ -1432,16 +1434,16 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
         dst = NULL;
 
         if (top) {
-            if (len == 4 && ngx_strncmp(attr, "from", 4) == 0) {
+            if (len == 4 && ngx_memcmp(attr, "from", 4) == 0) {
                 dst = &p->from;
 
-            } else if (len == 2 && ngx_strncmp(attr, "to", 2) == 0) {
+            } else if (len == 2 && ngx_memcmp(attr, "to", 2) == 0) {
                 dst = &p->to;
 
-            } else if (len == 2 && ngx_strncmp(attr, "id", 2) == 0) {
+            } else if (len == 2 && ngx_memcmp(attr, "id", 2) == 0) {
                 dst = &p->id;
 
-            } else if (len == 4 && ngx_strncmp(attr, "type", 4) == 0) {
+            } else if (len == 4 && ngx_memcmp(attr, "type", 4) == 0) {
                 dst = &p->type;
             }
         }
@@ -1476,11 +1478,7 @@ ngx_xmpp_federation_scan_value(u_char **pos, u_char *last, u_char quote,
 
     for ( ;; ) {
 
-        while (s < last
-               && ngx_xmpp_federation_in(ngx_xmpp_federation_value_plain, *s))
-        {
-            s++;
-        }
+        s = ngx_xmpp_federation_scan_plain(s, last);
 
         if (s == last) {
             return NGX_AGAIN;
@@ -1678,30 +1676,32 @@ ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last)
 }
 
 
-/* the first byte of text that is not plain ASCII */
+/* the first byte of an attribute value that is not plain ASCII */
 
 static u_char *
-ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
+ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last)
 {
 #if (NGX_XMPP_FEDERATION_SSE2)
     int      mask;
-    __m128i  v, m, space, lt, amp, gt, del;
+    __m128i  v, m, one, low, quot, apos, amp, lt;
 
-    space = _mm_set1_epi8(0x20);
-    lt = _mm_set1_epi8('<');
+    one = _mm_set1_epi8(1);
+    low = _mm_set1_epi8(0x21);
+    quot = _mm_set1_epi8('"');
+    apos = _mm_set1_epi8('\'');
     amp = _mm_set1_epi8('&');
-    gt = _mm_set1_epi8('>');
-    del = _mm_set1_epi8(0x7f);
+    lt = _mm_set1_epi8('<');
 
     while (last - pos >= 16) {
         v = _mm_loadu_si128((const __m128i *) pos);
 
-        /* signed: the controls and every byte from 0x80 */
-        m = _mm_cmplt_epi8(v, space);
-        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, lt));
-        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, amp));
-        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, gt));
-        m = _mm_or_si128(m, _mm_cmpeq_epi8(v, del));
+        m = _mm_or_si128(
+                _mm_or_si128(_mm_cmplt_epi8(_mm_add_epi8(v, one), low),
+                             _mm_cmpeq_epi8(v, quot)),
+                _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, apos),
+                                 _mm_cmpeq_epi8(v, amp)),
+                    _mm_cmpeq_epi8(v, lt)));
 
         mask = _mm_movemask_epi8(m);
 
@@ -1710,6 +1710,62 @@ ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
         }
 
         pos += 16;
+    }
+#endif
+
+    while (pos < last
+           && ngx_xmpp_federation_in(ngx_xmpp_federation_value_plain, *pos))
+    {
+        pos++;
+    }
+
+    return pos;
+}
+
+
+/* the first byte of text that is not plain ASCII */
+
+static u_char *
+ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
+{
+#if (NGX_XMPP_FEDERATION_SSE2)
+    int      mask;
+    __m128i  a, b, m, one, low, gt, two, amp;
+
+    one = _mm_set1_epi8(1);
+    low = _mm_set1_epi8(0x21);
+    two = _mm_set1_epi8(2);
+    gt = _mm_set1_epi8('>');
+    amp = _mm_set1_epi8('&');
+
+    /*
+     * Signed, byte + 1 < 0x21 is a control, DEL or any byte from 0x80;
+     * byte | 2 == '>' is '<' or '>'.
+     */
+
+    while (last - pos >= 32) {
+        a = _mm_loadu_si128((const __m128i *) pos);
+        b = _mm_loadu_si128((const __m128i *) (pos + 16));
+
+        m = _mm_or_si128(
+                _mm_or_si128(_mm_cmplt_epi8(_mm_add_epi8(a, one), low),
+                             _mm_cmpeq_epi8(_mm_or_si128(a, two), gt)),
+                _mm_cmpeq_epi8(a, amp));
+
+        mask = _mm_movemask_epi8(m);
+
+        m = _mm_or_si128(
+                _mm_or_si128(_mm_cmplt_epi8(_mm_add_epi8(b, one), low),
+                             _mm_cmpeq_epi8(_mm_or_si128(b, two), gt)),
+                _mm_cmpeq_epi8(b, amp));
+
+        mask |= _mm_movemask_epi8(m) << 16;
+
+        if (mask) {
+            return pos + __builtin_ctz(mask);
+        }
+
+        pos += 32;
     }
 #endif
 

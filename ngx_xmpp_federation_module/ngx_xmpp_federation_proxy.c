@@ -78,6 +78,19 @@ ngx_xmpp_federation_peer_create(ngx_log_t *log, ngx_msec_t timeout)
 }
 
 
+/* "tcp_nodelay" of the stream server, as proxy_pass has it */
+
+ngx_uint_t
+ngx_xmpp_federation_nodelay(ngx_stream_session_t *s)
+{
+    ngx_stream_core_srv_conf_t  *cscf;
+
+    cscf = ngx_stream_get_module_srv_conf(s, ngx_stream_core_module);
+
+    return cscf->tcp_nodelay;
+}
+
+
 ngx_int_t
 ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
     struct sockaddr *sockaddr, socklen_t socklen, ngx_str_t *name)
@@ -116,6 +129,10 @@ ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
     c->write->log = peer->log;
     c->read->handler = ngx_xmpp_federation_peer_read_handler;
     c->write->handler = ngx_xmpp_federation_peer_write_handler;
+
+    if (peer->nodelay && ngx_tcp_nodelay(c) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     /* our stream header goes first */
 
@@ -547,6 +564,7 @@ ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
         }
 
         gw->log->action = "handing the XMPP stream to the gateway";
+        gw->nodelay = ngx_xmpp_federation_nodelay(s);
         gw->from = pair->remote;
         gw->to = pair->local;
         gw->ns_decls = ctx->ns_decls;
