@@ -144,7 +144,7 @@ test-sanitized:
 	$(call run_prove,$(BUILD_BASE)/asan,TEST_NGINX_SANITIZE=1 TEST_NGINX_PRELOAD="$(PRELOAD)",t/)
 
 check-one: build
-	$(call run_prove,$(BUILD),,-v $(T))
+	$(call run_prove,$(BUILD),$(if $(SANITIZE),TEST_NGINX_SANITIZE=1 TEST_NGINX_PRELOAD="$(PRELOAD)"),-v $(T))
 
 # A real partner (Prosody, fabrikam.example) federates through the edge
 # with a real gateway (Prosody, contoso.example) on loopback; exits 0 only

@@ -1682,8 +1682,8 @@ static u_char *
 ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last)
 {
 #if (NGX_XMPP_FEDERATION_SSE2)
-    int      mask;
-    __m128i  v, m, one, low, quot, apos, amp, lt;
+    unsigned int  mask;
+    __m128i       v, m, one, low, quot, apos, amp, lt;
 
     one = _mm_set1_epi8(1);
     low = _mm_set1_epi8(0x21);
@@ -1703,7 +1703,7 @@ ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last)
                                  _mm_cmpeq_epi8(v, amp)),
                     _mm_cmpeq_epi8(v, lt)));
 
-        mask = _mm_movemask_epi8(m);
+        mask = (unsigned int) _mm_movemask_epi8(m);
 
         if (mask) {
             return pos + __builtin_ctz(mask);
@@ -1729,8 +1729,8 @@ static u_char *
 ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
 {
 #if (NGX_XMPP_FEDERATION_SSE2)
-    int      mask;
-    __m128i  a, b, m, one, low, gt, two, amp;
+    unsigned int  mask;
+    __m128i       a, b, m, one, low, gt, two, amp;
 
     one = _mm_set1_epi8(1);
     low = _mm_set1_epi8(0x21);
@@ -1752,14 +1752,14 @@ ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
                              _mm_cmpeq_epi8(_mm_or_si128(a, two), gt)),
                 _mm_cmpeq_epi8(a, amp));
 
-        mask = _mm_movemask_epi8(m);
+        mask = (unsigned int) _mm_movemask_epi8(m);
 
         m = _mm_or_si128(
                 _mm_or_si128(_mm_cmplt_epi8(_mm_add_epi8(b, one), low),
                              _mm_cmpeq_epi8(_mm_or_si128(b, two), gt)),
                 _mm_cmpeq_epi8(b, amp));
 
-        mask |= _mm_movemask_epi8(m) << 16;
+        mask |= (unsigned int) _mm_movemask_epi8(m) << 16;
 
         if (mask) {
             return pos + __builtin_ctz(mask);
