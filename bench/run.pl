@@ -233,7 +233,9 @@ EOF
 			return "\nRELAY: no $case run succeeded\n";
 		}
 
-		for my $k (qw/ seconds mbs sps cpu cpumb client sink /) {
+		for my $k (qw/ seconds mbs sps cpu cpumb usermb sysmb client
+			sink /)
+		{
 			$m{$case}{$k} = median(map { $_->{$k} } @{$res{$case}});
 		}
 	}
@@ -270,6 +272,10 @@ EOF
 	$out .= sprintf "worker busy (CPU/elapsed): edge %.0f%%, stock"
 		. " %.0f%%\n", 100 * $m{edge}{cpu} / $m{edge}{seconds},
 		100 * $m{stock}{cpu} / $m{stock}{seconds};
+	$out .= sprintf "worker user / system CPU ms per MB (clock ticks):"
+		. " edge %.3f / %.3f, stock %.3f / %.3f\n",
+		1000 * $m{edge}{usermb}, 1000 * $m{edge}{sysmb},
+		1000 * $m{stock}{usermb}, 1000 * $m{stock}{sysmb};
 	$out .= sprintf "load client / sink CPU (of elapsed): edge %.0f%% /"
 		. " %.0f%%, stock %.0f%% / %.0f%%\n",
 		100 * $m{edge}{client} / $m{edge}{seconds},
@@ -842,8 +848,10 @@ sub run_case {
 		: ($bench, 'stock', @port{qw/ stock sink2 /}, $n, $size);
 
 	my $c0 = worker_cpu($worker);
+	my @t0 = worker_times($worker);
 	my $line = `@cmd 2>$dir/xmpp_bench.err`;
 	my $c1 = worker_cpu($worker);
+	my @t1 = worker_times($worker);
 
 	if ($?) {
 		# the sink says what arrived wrong: a relay fault, reported
@@ -870,6 +878,8 @@ sub run_case {
 		sps => $n / $secs,
 		cpu => $cpu,
 		cpumb => $cpu / ($bytes / 1e6),
+		usermb => ($t1[0] - $t0[0]) / ($bytes / 1e6),
+		sysmb => ($t1[1] - $t0[1]) / ($bytes / 1e6),
 		client => $client // 0,
 		sink => $sink // 0,
 	};
@@ -934,6 +944,20 @@ sub worker_cpu {
 	$stat =~ s/^.*\) //;
 	my @f = split ' ', $stat;
 	return ($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK());
+}
+
+# user and system time of a process, in seconds (clock ticks)
+
+sub worker_times {
+	my ($pid) = @_;
+
+	open my $f, '<', "/proc/$pid/stat" or die "worker $pid gone\n";
+	my $stat = <$f>;
+	$stat =~ s/^.*\) //;
+	my @f = split ' ', $stat;
+	my $hz = POSIX::sysconf(POSIX::_SC_CLK_TCK());
+
+	return ($f[11] / $hz, $f[12] / $hz);
 }
 
 # the worker processes of master PPID, once there are N of them
