@@ -375,9 +375,21 @@ ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
     ctx->fwd = ctx->in->pos;
     ctx->checked = ctx->in->pos;
 
-    if (ngx_xmpp_federation_out_header(s, ctx) != NGX_OK
-        || ngx_xmpp_federation_out_features(s, ctx) != NGX_OK)
-    {
+    if (ngx_xmpp_federation_out_header(s, ctx) != NGX_OK) {
+        ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return NGX_ERROR;
+    }
+
+    switch (ngx_xmpp_federation_out_features(s, ctx)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DONE:
+        /* the features found no way to authenticate */
+        return NGX_DONE;
+
+    default:
         ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return NGX_ERROR;
     }
@@ -390,11 +402,6 @@ ngx_xmpp_federation_stream_header(ngx_stream_session_t *s,
 
     ctx->state = ngx_xmpp_st_features;
     c->log->action = "negotiating XMPP stream";
-
-    if (ctx->quit) {
-        /* the features found no way to authenticate */
-        return NGX_DONE;
-    }
 
     for (i = 0; i < ctx->pairs.nelts; i++) {
         if (((ngx_xmpp_federation_pair_t *) ctx->pairs.elts)[i].state
@@ -1147,7 +1154,7 @@ ngx_xmpp_federation_out_features(ngx_stream_session_t *s,
                                                "certificate is not usable"
                                              : "the certificate is not "
                                                "usable and dialback is off");
-                return NGX_OK;
+                return NGX_DONE;
             }
 
         } else {
@@ -1358,7 +1365,11 @@ ngx_xmpp_federation_send(ngx_stream_session_t *s)
                                    fscf->timeout);
 
     if (rc == NGX_ERROR) {
-        ngx_xmpp_federation_finalize(s, NGX_STREAM_OK);
+        /* as with lingering, the session ends from the event loop */
+        c->error = 1;
+        ctx->quit = 1;
+        ctx->status = NGX_STREAM_OK;
+        ngx_xmpp_federation_linger(s, ctx);
         return;
     }
 
@@ -1460,8 +1471,8 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 #endif
 
     if (ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN) == -1) {
-        ngx_xmpp_federation_finalize(s, ctx->status);
-        return;
+        /* the peer is gone: the drain below ends at once */
+        c->read->ready = 1;
     }
 
     c->read->handler = ngx_xmpp_federation_linger_handler;
@@ -1472,7 +1483,13 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 
     ngx_add_timer(c->read, NGX_XMPP_FEDERATION_LINGER);
 
-    ngx_xmpp_federation_linger_handler(c->read);
+    /*
+     * Our callers may still look at the session after their stream error
+     * or last write: the drain, and the closing, start from the event loop
+     */
+
+    c->read->ready = 1;
+    ngx_post_event(c->read, &ngx_posted_events);
 }
 
 
