@@ -182,7 +182,7 @@ EOF
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation SASL')->plan(64);
+$t->try_run('no xmpp_federation SASL')->plan(66);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -368,6 +368,34 @@ ok(defined $h2 && !defined $f,
 is($x->stream_error(), 'not-authorized',
 	'sasl required, dialback off, no certificate: not-authorized');
 ok($x->closed(), 'sasl required, dialback off, no certificate: closed');
+
+# the same refusal to a peer that has already gone: the stream error
+# and the close that follows must not pull the session from under the
+# header's handler (a use after free, seen by the sanitized run)
+
+my $gone = 0;
+
+for (1 .. 10) {
+	$x = peer();
+	stream_open($x, from => 'strict.example');
+	next unless tls($x, cert_opts(undef));
+	$x->open_stream(to => 'contoso.example', db => 1,
+		from => 'strict.example');
+	$x->close();
+	$gone++;
+}
+
+is($gone, 10, 'sasl required, no certificate, peer gone: 10 streams');
+my $refused = 0;
+
+for (1 .. 50) {
+	$refused = () = $t->read_file('error.log')
+		=~ /SASL is required and the certificate is not usable/g;
+	last if $refused >= 11;
+	select(undef, undef, undef, 0.1);
+}
+
+is($refused, 11, 'peer gone: every one refused, and logged');
 
 ($x, $f, $h2) = after_tls('strict.example', 'untrusted');
 is(defined $h2 && $x->stream_error(), 'not-authorized',
