@@ -484,7 +484,7 @@ ngx_xmpp_federation_check_size(ngx_xmpp_federation_parser_t *p)
         return NGX_OK;
     }
 
-    if (p->depth > 1
+    if ((p->depth > 1 || p->punt)
         && (size_t) (p->fed - p->start) > p->max_stanza_size)
     {
         p->event = ngx_xmpp_ev_error;
@@ -1035,6 +1035,10 @@ ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
         return NGX_AGAIN;
     }
 
+    /* the size limit counts from here even while the start tag is open */
+
+    p->start = p->fed;
+
     if (*pos != '<' || !p->default_ns_ok) {
         return NGX_DECLINED;
     }
@@ -1409,7 +1413,9 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         if (len == 5 && ngx_memcmp(attr, "xmlns", 5) == 0) {
 
-            if (!simple) {
+            /* a space is expat's namespace separator: it refuses it */
+
+            if (!simple || ngx_strlchr(value, s, ' ') != NULL) {
                 return NGX_DECLINED;
             }
 
