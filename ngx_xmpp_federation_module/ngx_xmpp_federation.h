@@ -409,6 +409,7 @@ ngx_int_t ngx_xmpp_federation_vouch(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair);
 void ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx);
 ngx_int_t ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);

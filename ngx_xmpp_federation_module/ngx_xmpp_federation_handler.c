@@ -292,13 +292,17 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
 
                 /*
                  * Between stanzas: whitespace keepalives pass, but not
-                 * the beginning of a tag expat has not finished yet.
+                 * what the parser holds unfinished (a tag, a reference,
+                 * a character split by the read), bad or not.
                  */
 
-                ptr = ngx_strlchr(ctx->checked, b->last, '<');
-
-                if (ptr == NULL) {
-                    ptr = b->last;
+                for (ptr = ctx->checked;
+                     ptr < b->last
+                     && (*ptr == ' ' || *ptr == '\n' || *ptr == '\r'
+                         || *ptr == '\t');
+                     ptr++)
+                {
+                    /* void */
                 }
 
                 if (ctx->fwd == ctx->checked) {
@@ -1297,6 +1301,12 @@ ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,
 
     ctx->error = err;
     ctx->quit = 1;
+
+    if (ctx->state == ngx_xmpp_st_relay) {
+        /* nothing legitimate is dropped: the checked stanzas go on */
+        ngx_xmpp_federation_gateway_end(ctx);
+    }
+
     ctx->state = ngx_xmpp_st_closing;
 
     switch (err) {

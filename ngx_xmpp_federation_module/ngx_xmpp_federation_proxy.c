@@ -864,6 +864,43 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
 }
 
 
+/*
+ * The partner's stream ends in an error: what was checked before the
+ * error still reaches the gateway, after our own line if one is on its
+ * way, and the gateway's stream ends cleanly.
+ */
+
+void
+ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_buf_t                   *b;
+    ngx_xmpp_federation_peer_t  *gw;
+
+    gw = ctx->gateway;
+
+    if (gw == NULL || !gw->connected || !gw->ready) {
+        return;
+    }
+
+    b = ctx->in;
+
+    if (ngx_xmpp_federation_append(gw->pool, &gw->out, b->pos,
+                                   ctx->fwd - b->pos)
+        != NGX_OK
+        || ngx_xmpp_federation_append(gw->pool, &gw->out,
+                                      (u_char *) "</stream:stream>",
+                                      sizeof("</stream:stream>") - 1)
+           != NGX_OK)
+    {
+        return;
+    }
+
+    b->pos = ctx->fwd;
+
+    ngx_xmpp_federation_peer_send(gw);
+}
+
+
 void
 ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx)
 {
