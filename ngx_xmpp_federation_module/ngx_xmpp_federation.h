@@ -267,6 +267,7 @@ struct ngx_xmpp_federation_peer_s {
     unsigned                             closed:1;
     unsigned                             failed:1; /* could not connect */
     unsigned                             nodelay:1;
+    unsigned                             ended:1;  /* we sent the end */
 };
 
 
@@ -410,6 +411,7 @@ ngx_int_t ngx_xmpp_federation_vouch(ngx_stream_session_t *s,
 void ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_gateway_finish(ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx);
 ngx_int_t ngx_xmpp_federation_bounce(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);

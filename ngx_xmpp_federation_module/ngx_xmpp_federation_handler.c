@@ -155,7 +155,7 @@ ngx_xmpp_federation_cleanup(void *data)
     ngx_xmpp_federation_ctx_t  *ctx = data;
 
     ngx_xmpp_federation_verify_cancel_all(ctx);
-    ngx_xmpp_federation_gateway_close(ctx);
+    ngx_xmpp_federation_gateway_finish(ctx);
 }
 
 

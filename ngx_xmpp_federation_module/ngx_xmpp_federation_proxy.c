@@ -23,6 +23,8 @@ static void ngx_xmpp_federation_peer_send(ngx_xmpp_federation_peer_t *peer);
 static ngx_int_t ngx_xmpp_federation_peer_test_connect(ngx_connection_t *c);
 static ngx_int_t ngx_xmpp_federation_peer_call(
     ngx_xmpp_federation_peer_t *peer, ngx_int_t rc);
+static void ngx_xmpp_federation_peer_detach(ngx_xmpp_federation_peer_t *peer);
+static void ngx_xmpp_federation_peer_drain_handler(ngx_event_t *ev);
 
 static ngx_int_t ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
@@ -419,6 +421,11 @@ static ngx_int_t
 ngx_xmpp_federation_peer_call(ngx_xmpp_federation_peer_t *peer,
     ngx_int_t rc)
 {
+    if (peer->handler == NULL) {
+        /* detached from its session: the caller lets go of it */
+        return NGX_ABORT;
+    }
+
     peer->busy++;
     peer->handler(peer, rc);
     peer->busy--;
@@ -431,7 +438,106 @@ ngx_xmpp_federation_peer_call(ngx_xmpp_federation_peer_t *peer,
         return NGX_ABORT;
     }
 
-    return NGX_OK;
+    return peer->handler ? NGX_OK : NGX_ABORT;
+}
+
+
+/*
+ * The session is over, but bytes for the gateway are still on their way:
+ * the connection finishes alone, then closes as a session does, lingering
+ * until the gateway has read everything (an early close would reset it).
+ */
+
+static void
+ngx_xmpp_federation_peer_detach(ngx_xmpp_federation_peer_t *peer)
+{
+    ngx_connection_t  *c;
+
+    c = peer->pc.connection;
+
+    peer->handler = NULL;
+    peer->data = NULL;
+
+    /* the session's log context goes with the session */
+    peer->log->handler = NULL;
+    peer->log->data = NULL;
+    peer->log->action = "sending the last stanzas to the gateway";
+
+    c->read->handler = ngx_xmpp_federation_peer_drain_handler;
+    c->write->handler = ngx_xmpp_federation_peer_drain_handler;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    ngx_add_timer(c->read, peer->timeout);
+
+    ngx_post_event(c->write, &ngx_posted_events);
+}
+
+
+static void
+ngx_xmpp_federation_peer_drain_handler(ngx_event_t *ev)
+{
+    ssize_t                      n;
+    ngx_int_t                    rc;
+    ngx_connection_t            *c;
+    ngx_xmpp_federation_peer_t  *peer;
+    u_char                       buf[4096];
+
+    c = ev->data;
+    peer = c->data;
+
+    if (ev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "gateway timed out");
+        ngx_xmpp_federation_peer_close(peer);
+        return;
+    }
+
+    if (peer->out->pos != peer->out->last) {
+
+        rc = ngx_xmpp_federation_flush(c, peer->out, peer->out->last,
+                                       peer->timeout);
+
+        if (rc == NGX_ERROR) {
+            ngx_xmpp_federation_peer_close(peer);
+            return;
+        }
+
+        if (rc == NGX_AGAIN) {
+            return;
+        }
+
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                       "xmpp gateway: last stanzas sent");
+
+        if (ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN) == -1) {
+            ngx_xmpp_federation_peer_close(peer);
+            return;
+        }
+
+        c->read->ready = 1;
+    }
+
+    /* what the gateway still says is nobody's any more */
+
+    while (c->read->ready) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_xmpp_federation_peer_close(peer);
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_xmpp_federation_peer_close(peer);
+    }
 }
 
 
@@ -838,6 +944,8 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     if (ctx->ended && gw->out->pos == gw->out->last && !ctx->quit) {
         /* the partner ended its stream: so do we, both ways */
 
+        gw->ended = 1;
+
         (void) ngx_xmpp_federation_peer_write(gw,
                                               (u_char *) "</stream:stream>",
                                               sizeof("</stream:stream>") - 1);
@@ -878,7 +986,7 @@ ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx)
 
     gw = ctx->gateway;
 
-    if (gw == NULL || !gw->connected || !gw->ready) {
+    if (gw == NULL || !gw->connected || !gw->ready || gw->ended) {
         return;
     }
 
@@ -896,6 +1004,7 @@ ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx)
     }
 
     b->pos = ctx->fwd;
+    gw->ended = 1;
 
     ngx_xmpp_federation_peer_send(gw);
 }
@@ -904,10 +1013,24 @@ ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx)
 void
 ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx)
 {
-    if (ctx->gateway) {
-        ngx_xmpp_federation_peer_close(ctx->gateway);
-        ctx->gateway = NULL;
+    ngx_xmpp_federation_peer_t  *gw;
+
+    gw = ctx->gateway;
+
+    if (gw == NULL) {
+        return;
     }
+
+    ctx->gateway = NULL;
+
+    if (gw->connected && gw->pc.connection
+        && gw->out->pos != gw->out->last)
+    {
+        ngx_xmpp_federation_peer_detach(gw);
+        return;
+    }
+
+    ngx_xmpp_federation_peer_close(gw);
 }
 
 
@@ -915,6 +1038,19 @@ static void
 ngx_xmpp_federation_gateway_cleanup(void *data)
 {
     ngx_xmpp_federation_ctx_t  *ctx = data;
+
+    ngx_xmpp_federation_gateway_finish(ctx);
+}
+
+
+/* the session ends: the stanzas checked before still go, then the end */
+
+void
+ngx_xmpp_federation_gateway_finish(ngx_xmpp_federation_ctx_t *ctx)
+{
+    if (ctx->state == ngx_xmpp_st_relay) {
+        ngx_xmpp_federation_gateway_end(ctx);
+    }
 
     ngx_xmpp_federation_gateway_close(ctx);
 }

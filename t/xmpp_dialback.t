@@ -18,7 +18,7 @@ use Digest::SHA qw/ hmac_sha256_hex sha256 /;
 
 use Test::Nginx;
 use Test::Nginx::XMPP qw/ xmpp /;
-use Test::XMPP::Peers qw/ authoritative gateway /;
+use Test::XMPP::Peers qw/ authoritative gateway wait_for_file /;
 
 ###############################################################################
 
@@ -105,6 +105,11 @@ stream {
     }
 
     server {
+        listen 127.0.0.1:%%PORT_8085%%;
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8092%%;
+    }
+    server {
         listen 127.0.0.1:%%PORT_8082%%;
         xmpp_federation inbound;
         xmpp_federation_pass 127.0.0.1:%%PORT_8098%%;
@@ -118,10 +123,13 @@ my $edge_out = port(8081);
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(52);
+$t->run_daemon(\&gateway, port(8092), $edge_out, "$d/gateway-slow.log",
+	slow => 1);
+$t->try_run('no xmpp_federation')->plan(54);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
+$t->waitforsocket('127.0.0.1:' . port(8092));
 
 ###############################################################################
 
@@ -374,6 +382,22 @@ $x->send("<db:result from='contoso.example' to='fabrikam.example'>"
 	. "badgwkey</db:result>");
 like($x->read_element('db:result'), qr/type='invalid'/,
 	'gateway key refused by the gateway');
+
+# the partner's connection ends, without </stream:stream>, while the
+# gateway is slow to read: what was checked before still reaches the
+# gateway, and then the end of its stream
+
+$x = authenticated('fabrikam.example', port(8085));
+$x->send(join('', map { "<message from='bob\@fabrikam.example'"
+	. " to='alice\@contoso.example' id='slow$_'><body>" . ('y' x 900)
+	. '</body></message>' } 1 .. 400), timeout => 30);
+$x->close();
+
+ok(wait_for_file("$d/gateway-slow.log", "id='slow400'", 30),
+	'partner gone, gateway slow: the last stanza arrives');
+ok(wait_for_file("$d/gateway-slow.log", "id='slow400'><body>"
+	. ('y' x 900) . '</body></message></stream:stream>', 5),
+	'partner gone, gateway slow: then the end of the stream');
 
 $t->stop();
 

@@ -46,6 +46,7 @@ our @EXPORT_OK = qw/ authoritative gateway readuntil
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 use IO::Socket::INET;
+use Socket qw/ SOL_SOCKET SO_RCVBUF /;
 use MIME::Base64 qw/ encode_base64 /;
 use Time::HiRes qw/ time sleep /;
 
@@ -103,12 +104,14 @@ sub authoritative {
 
 # a scripted gateway: verifies the edge's key by dialback at the edge's
 # internal listener, as ejabberd does (db:verify at once), and answers
-# db:verify for its own key "gwkey" when the edge asks
+# db:verify for its own key "gwkey" when the edge asks; with slow => 1 it
+# has a small receive buffer and reads stanzas 2 KB at a time, 2 ms apart
 
 sub gateway {
-	my ($port, $edge, $logfile) = @_;
+	my ($port, $edge, $logfile, %o) = @_;
 	my $server = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port",
 		Listen => 16, Reuse => 1) or die $!;
+	$server->setsockopt(SOL_SOCKET, SO_RCVBUF, 4096) if $o{slow};
 	$SIG{CHLD} = 'IGNORE';
 
 	while (my $c = $server->accept()) {
@@ -178,7 +181,9 @@ sub gateway {
 			# further vouches and the stanzas
 			@results = ();
 			while (1) {
-				my $n = $c->sysread(my $chunk, 65536);
+				sleep(0.002) if $o{slow};
+				my $n = $c->sysread(my $chunk,
+					$o{slow} ? 2048 : 65536);
 				last unless $n;
 				print $log $chunk;
 				if ($chunk =~
