@@ -302,6 +302,7 @@ typedef struct {
     ngx_xmpp_federation_partner_t  *partner;
     ngx_xmpp_federation_error_e     error;
     ngx_uint_t                      status;        /* for $status */
+    long                            cert_error;    /* of our handshake */
 
     unsigned                        header_sent:1;
     unsigned                        header_seen:1;

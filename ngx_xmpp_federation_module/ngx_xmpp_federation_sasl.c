@@ -67,10 +67,24 @@ ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
 
     /*
      * The chain is verified against this server's store (trusted
-     * certificates, CRLs, depth), whoever made the TLS connection.  The
-     * handshake's own verdict is not used: it is overridden to let every
-     * certificate through, and with it errors such as a chain too long.
+     * certificates, CRLs, depth).  After our STARTTLS the handshake did
+     * just that: its callback lets every certificate through, but keeps
+     * the first error found.  After a direct TLS handshake (the stock
+     * ssl_* context) the chain is verified again, here.
      */
+
+    if (SSL_get_SSL_CTX(c->ssl->connection) == fscf->ssl.ctx) {
+
+        err = ctx->cert_error;
+
+        if (err != X509_V_OK) {
+            *reason = X509_verify_cert_error_string(err);
+            X509_free(cert);
+            return NGX_DECLINED;
+        }
+
+        goto names;
+    }
 
     xs = X509_STORE_CTX_new();
     if (xs == NULL) {
@@ -100,6 +114,8 @@ ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
     }
 
     X509_STORE_CTX_free(xs);
+
+names:
 
     domain = ctx->from;
 

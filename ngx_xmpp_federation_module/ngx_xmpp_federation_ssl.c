@@ -107,11 +107,6 @@ ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
     SSL_CTX_set_num_tickets(conf->ssl.ctx, 0);
 #endif
 
-    /* ask for a certificate, judge it later */
-
-    SSL_CTX_set_verify(conf->ssl.ctx, SSL_VERIFY_PEER,
-                       ngx_xmpp_federation_verify_any);
-
     if (conf->trusted_certificate.len
         && ngx_ssl_trusted_certificate(cf, &conf->ssl,
                                        &conf->trusted_certificate,
@@ -124,6 +119,14 @@ ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
     if (ngx_ssl_crl(cf, &conf->ssl, &conf->crl) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    /*
+     * Ask for a certificate, judge it later; after the trusted
+     * certificates, which set nginx's own callback
+     */
+
+    SSL_CTX_set_verify(conf->ssl.ctx, SSL_VERIFY_PEER,
+                       ngx_xmpp_federation_verify_any);
 
     ngx_str_set(&sess, "xmpp_federation");
 
@@ -141,7 +144,32 @@ ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
 static int
 ngx_xmpp_federation_verify_any(int ok, X509_STORE_CTX *store)
 {
-    /* the verdict is read later, in ngx_xmpp_federation_sasl_usable() */
+    SSL                        *ssl;
+    ngx_connection_t           *c;
+    ngx_stream_session_t       *s;
+    ngx_xmpp_federation_ctx_t  *ctx;
+
+    /*
+     * The verdict, the first error of the chain if any, is read later in
+     * ngx_xmpp_federation_sasl_usable(): a stream without a usable
+     * certificate may still authenticate by dialback.
+     */
+
+    if (ok) {
+        return 1;
+    }
+
+    ssl = X509_STORE_CTX_get_ex_data(store,
+                                     SSL_get_ex_data_X509_STORE_CTX_idx());
+    c = ngx_ssl_get_connection(ssl);
+    s = c->data;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    if (ctx && ctx->cert_error == X509_V_OK) {
+        ctx->cert_error = X509_STORE_CTX_get_error(store);
+    }
+
     return 1;
 }
 
