@@ -196,6 +196,13 @@ typedef struct {
     ngx_str_t                       ns_decls;      /* prefixes of header */
     u_char                         *scratch;       /* names, values, text */
 
+    /* the header's raw bytes, to read again after a sleep */
+    ngx_str_t                       header;
+
+    /* the last chunk expat was given (not the scan's) */
+    u_char                         *chunk;
+    size_t                          chunk_len;
+
     size_t                          text_max;
     unsigned                        default_ns_ok:1;
     unsigned                        header_done:1;
@@ -205,6 +212,8 @@ typedef struct {
     unsigned                        scan:1;        /* the fast path is on */
     unsigned                        punt:1;        /* this one is expat's */
     unsigned                        pending:1;     /* a partial scan */
+    unsigned                        clean:1;       /* expat holds no part */
+    unsigned                        waking:1;      /* the header again */
 } ngx_xmpp_federation_parser_t;
 
 
@@ -268,6 +277,7 @@ struct ngx_xmpp_federation_peer_s {
     unsigned                             failed:1; /* could not connect */
     unsigned                             nodelay:1;
     unsigned                             ended:1;  /* we sent the end */
+    unsigned                             release:1; /* idle: memory goes */
 };
 
 
@@ -336,6 +346,8 @@ ngx_int_t ngx_xmpp_federation_parse(ngx_xmpp_federation_parser_t *p,
 ngx_int_t ngx_xmpp_federation_parse_next(ngx_xmpp_federation_parser_t *p);
 void ngx_xmpp_federation_parser_scan(ngx_xmpp_federation_parser_t *p,
     ngx_buf_t **buf, off_t *base);
+ngx_int_t ngx_xmpp_federation_parser_sleep(ngx_xmpp_federation_parser_t *p);
+ngx_int_t ngx_xmpp_federation_parser_wake(ngx_xmpp_federation_parser_t *p);
 
 /* ngx_xmpp_federation_preread.c */
 ngx_int_t ngx_xmpp_federation_add_variables(ngx_conf_t *cf);
@@ -354,6 +366,7 @@ ngx_int_t ngx_xmpp_federation_reserve(ngx_pool_t *pool, ngx_buf_t **bp,
     size_t len);
 ngx_int_t ngx_xmpp_federation_append(ngx_pool_t *pool, ngx_buf_t **bp,
     u_char *data, size_t len);
+void ngx_xmpp_federation_free_buf(ngx_buf_t *b);
 void ngx_xmpp_federation_send(ngx_stream_session_t *s);
 ngx_int_t ngx_xmpp_federation_flush(ngx_connection_t *c, ngx_buf_t *b,
     u_char *end, ngx_msec_t timeout);
@@ -367,6 +380,8 @@ ngx_int_t ngx_xmpp_federation_process(ngx_stream_session_t *s,
 size_t ngx_xmpp_federation_escape(u_char *dst, ngx_str_t *src);
 ngx_int_t ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain);
 void ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
+void ngx_xmpp_federation_idle(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_release(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);

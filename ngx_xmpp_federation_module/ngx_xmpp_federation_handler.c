@@ -15,9 +15,9 @@
 #include <openssl/rand.h>
 
 
-#define NGX_XMPP_FEDERATION_OUT_SIZE   2048
 #define NGX_XMPP_FEDERATION_ID_LEN     16
 #define NGX_XMPP_FEDERATION_LINGER     5000
+#define NGX_XMPP_FEDERATION_DRAIN      4096
 
 
 static void ngx_xmpp_federation_read_handler(ngx_event_t *rev);
@@ -89,8 +89,10 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
     size = ngx_max(fscf->buffer_size, len);
 
-    ctx->in = ngx_create_temp_buf(c->pool, size);
-    ctx->out = ngx_create_temp_buf(c->pool, NGX_XMPP_FEDERATION_OUT_SIZE);
+    /* the buffers' memory is the heap's: it goes while the stream idles */
+
+    ctx->in = ngx_calloc_buf(c->pool);
+    ctx->out = ngx_calloc_buf(c->pool);
     cln = ngx_pool_cleanup_add(c->pool, 0);
 
     if (ctx->in == NULL || ctx->out == NULL || cln == NULL
@@ -109,6 +111,11 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
     cln->handler = ngx_xmpp_federation_cleanup;
     cln->data = ctx;
+
+    if (ngx_xmpp_federation_reserve(c->pool, &ctx->in, size) != NGX_OK) {
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
 
     ctx->base = 0;
     ctx->fwd = ctx->in->start;
@@ -156,6 +163,10 @@ ngx_xmpp_federation_cleanup(void *data)
 
     ngx_xmpp_federation_verify_cancel_all(ctx);
     ngx_xmpp_federation_gateway_finish(ctx);
+
+    ngx_xmpp_federation_free_buf(ctx->in);
+    ngx_xmpp_federation_free_buf(ctx->out);
+    ngx_xmpp_federation_free_buf(ctx->bounces);
 }
 
 
@@ -200,6 +211,11 @@ ngx_xmpp_federation_read_handler(ngx_event_t *rev)
 
         rc = ngx_xmpp_federation_room(s, ctx);
 
+        if (rc == NGX_ERROR) {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
         if (rc != NGX_OK) {
             /* the gateway is slow: its write event resumes reading */
             break;
@@ -235,6 +251,11 @@ ngx_xmpp_federation_read_handler(ngx_event_t *rev)
 
     if (rc == NGX_AGAIN) {
         return;
+    }
+
+    if (!rev->ready && ctx->state == ngx_xmpp_st_relay && !ctx->quit) {
+        /* all is read for now (NGX_AGAIN): what only reading needs goes */
+        ngx_xmpp_federation_idle(s, ctx);
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -744,11 +765,30 @@ static ngx_int_t
 ngx_xmpp_federation_room(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
+    u_char                          *start;
     size_t                           size, max;
-    ngx_buf_t                       *b, *nb;
+    ngx_buf_t                       *b;
     ngx_xmpp_federation_srv_conf_t  *fscf;
 
     b = ctx->in;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (b->start == NULL) {
+        /* released while the stream was idle */
+
+        if (ngx_xmpp_federation_reserve(s->connection->pool, &ctx->in,
+                                        fscf->buffer_size)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->fwd = b->start;
+        ctx->checked = b->start;
+        return NGX_OK;
+    }
 
     if (b->pos == b->last) {
         ctx->base += b->pos - b->start;
@@ -758,9 +798,6 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
         ctx->checked = b->start;
         return NGX_OK;
     }
-
-    fscf = ngx_stream_get_module_srv_conf(s,
-                                          ngx_stream_xmpp_federation_module);
 
     if ((size_t) (ctx->checked - ctx->fwd) >= fscf->hold_size) {
         /* enough held: the peer waits, TCP holds the rest */
@@ -809,17 +846,66 @@ ngx_xmpp_federation_room(ngx_stream_session_t *s,
 
     size = ngx_min(2 * size, max);
 
-    nb = ngx_create_temp_buf(s->connection->pool, size);
-    if (nb == NULL) {
+    start = ngx_alloc(size, s->connection->log);
+    if (start == NULL) {
         return NGX_ERROR;
     }
 
-    nb->last = ngx_cpymem(nb->start, b->pos, b->last - b->pos);
-    ctx->fwd = nb->start + (ctx->fwd - b->pos);
-    ctx->checked = nb->start + (ctx->checked - b->pos);
-    ctx->in = nb;
+    /* the bytes before b->pos are gone: the offsets start later */
+
+    ctx->base += b->pos - b->start;
+    ctx->fwd = start + (ctx->fwd - b->pos);
+    ctx->checked = start + (ctx->checked - b->pos);
+
+    b->last = ngx_cpymem(start, b->pos, b->last - b->pos);
+    ngx_free(b->start);
+
+    b->start = start;
+    b->pos = start;
+    b->end = start + size;
 
     return NGX_OK;
+}
+
+
+/*
+ * An idle stream (all of its bytes checked and gone to the gateway, none
+ * of an element begun, no output waiting) gives its buffers and its parser
+ * back, as an idle keepalive connection of nginx does; the next read
+ * brings them back.
+ */
+
+void
+ngx_xmpp_federation_idle(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_buf_t  *b;
+
+    if (ctx->out->pos == ctx->out->last) {
+        ngx_xmpp_federation_free_buf(ctx->out);
+    }
+
+    b = ctx->in;
+
+    if (b->start == NULL
+        || b->pos != b->last || ctx->fwd != b->last || ctx->checked != b->last)
+    {
+        return;
+    }
+
+    if (ngx_xmpp_federation_parser_sleep(ctx->parser) != NGX_OK) {
+        return;
+    }
+
+    ctx->base += b->last - b->start;
+    ctx->fwd = NULL;
+    ctx->checked = NULL;
+
+    ngx_xmpp_federation_free_buf(b);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                   "xmpp idle: buffers and parser released at %O",
+                   ctx->base);
 }
 
 
@@ -853,6 +939,11 @@ ngx_xmpp_federation_relay_start(ngx_stream_session_t *s,
 
     /* from now on the idle timeout, not the establishment one */
     ngx_add_timer(c->read, fscf->idle_timeout);
+
+    if (ctx->gateway) {
+        /* the gateway's stream too gives its memory back when idle */
+        ctx->gateway->release = 1;
+    }
 }
 
 
@@ -892,19 +983,23 @@ ngx_xmpp_federation_out(ngx_xmpp_federation_ctx_t *ctx, u_char *data,
 
 
 /*
- * Output of our own, into a buffer that grows when a burst needs it:
- * answers to a peer, lines to a gateway, bounces.
+ * Room for len more bytes in a buffer that grows when a burst needs it:
+ * answers to a peer, lines to a gateway, bounces, and the input.  The
+ * buffer's memory is the heap's, not the pool's, so that an idle stream
+ * can give it back (ngx_xmpp_federation_free_buf()); it grows in place.
  */
 
 ngx_int_t
 ngx_xmpp_federation_reserve(ngx_pool_t *pool, ngx_buf_t **bp, size_t len)
 {
-    ngx_buf_t  *b, *nb;
+    u_char     *start;
+    size_t      size;
+    ngx_buf_t  *b;
 
     b = *bp;
 
     if (b == NULL) {
-        b = ngx_create_temp_buf(pool, ngx_max(len, 1024));
+        b = ngx_calloc_buf(pool);
         if (b == NULL) {
             return NGX_ERROR;
         }
@@ -912,23 +1007,56 @@ ngx_xmpp_federation_reserve(ngx_pool_t *pool, ngx_buf_t **bp, size_t len)
         *bp = b;
     }
 
-    if (b->pos == b->last) {
-        b->pos = b->start;
-        b->last = b->start;
-    }
+    if (b->start == NULL) {
+        size = ngx_max(len, 1024);
 
-    if ((size_t) (b->end - b->last) < len) {
-
-        nb = ngx_create_temp_buf(pool, 2 * (b->end - b->start) + len);
-        if (nb == NULL) {
-            return NGX_ERROR;
+    } else {
+        if (b->pos == b->last) {
+            b->pos = b->start;
+            b->last = b->start;
         }
 
-        nb->last = ngx_cpymem(nb->start, b->pos, b->last - b->pos);
-        *bp = nb;
+        if ((size_t) (b->end - b->last) >= len) {
+            return NGX_OK;
+        }
+
+        size = 2 * (b->end - b->start) + len;
     }
 
+    start = ngx_alloc(size, pool->log);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (b->start) {
+        b->last = ngx_cpymem(start, b->pos, b->last - b->pos);
+        ngx_free(b->start);
+
+    } else {
+        b->last = start;
+    }
+
+    b->start = start;
+    b->pos = start;
+    b->end = start + size;
+
     return NGX_OK;
+}
+
+
+void
+ngx_xmpp_federation_free_buf(ngx_buf_t *b)
+{
+    if (b == NULL || b->start == NULL) {
+        return;
+    }
+
+    ngx_free(b->start);
+
+    b->start = NULL;
+    b->pos = NULL;
+    b->last = NULL;
+    b->end = NULL;
 }
 
 
@@ -1036,18 +1164,15 @@ ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
     ctx->stream_id.len = ngx_hex_dump(ctx->stream_id.data, id, sizeof(id))
                          - ctx->stream_id.data;
 
-    b = ctx->out;
-
-    if (b->pos == b->last) {
-        b->pos = b->start;
-        b->last = b->start;
-    }
-
-    if ((size_t) (b->end - b->last)
-        < 256 + ctx->local.len + ctx->stream_id.len + ctx->from.len)
+    if (ngx_xmpp_federation_reserve(s->connection->pool, &ctx->out,
+                                    256 + ctx->local.len
+                                    + ctx->stream_id.len + ctx->from.len)
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
+
+    b = ctx->out;
 
     b->last = ngx_cpymem(b->last,
                   "<?xml version='1.0'?>"
@@ -1510,6 +1635,7 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
     ngx_connection_t           *c;
     ngx_stream_session_t       *s;
     ngx_xmpp_federation_ctx_t  *ctx;
+    u_char                      buf[NGX_XMPP_FEDERATION_DRAIN];
 
     c = rev->data;
     s = c->data;
@@ -1523,7 +1649,7 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
 
     while (rev->ready) {
         /* after close_notify what comes is not read as TLS */
-        n = ngx_recv(c, ctx->in->start, ctx->in->end - ctx->in->start);
+        n = ngx_recv(c, buf, NGX_XMPP_FEDERATION_DRAIN);
 
         if (n == NGX_AGAIN) {
             break;

@@ -45,6 +45,9 @@
 #define NGX_XMPP_FEDERATION_SCAN_ATTRS  16
 #define NGX_XMPP_FEDERATION_SCAN_TRIES  4
 
+#define ngx_xmpp_federation_ws(ch)                                            \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
 #if (defined __SSE2__ && defined __GNUC__)
 #define NGX_XMPP_FEDERATION_SSE2  1
 #include <emmintrin.h>
@@ -65,9 +68,17 @@ typedef struct {
 } ngx_xmpp_federation_scan_name_t;
 
 
-static ngx_int_t ngx_xmpp_federation_parser_init(
+static void ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p);
+static ngx_int_t ngx_xmpp_federation_parser_expat(
+    ngx_xmpp_federation_parser_t *p);
+static ngx_int_t ngx_xmpp_federation_parser_scratch(
+    ngx_xmpp_federation_parser_t *p);
+static ngx_int_t ngx_xmpp_federation_parser_nomem(
     ngx_xmpp_federation_parser_t *p);
 static void ngx_xmpp_federation_parser_cleanup(void *data);
+static ngx_int_t ngx_xmpp_federation_keep(ngx_xmpp_federation_parser_t *p,
+    u_char *data, size_t len);
+static void ngx_xmpp_federation_settle(ngx_xmpp_federation_parser_t *p);
 static ngx_int_t ngx_xmpp_federation_parse_status(
     ngx_xmpp_federation_parser_t *p, enum XML_Status status);
 static ngx_int_t ngx_xmpp_federation_advance(
@@ -137,13 +148,6 @@ ngx_xmpp_federation_parser_create(ngx_pool_t *pool, ngx_log_t *log,
         return NULL;
     }
 
-    /* not zeroed: an idle stream keeps only what it has touched resident */
-
-    p->scratch = ngx_palloc(pool, NGX_XMPP_FEDERATION_SCRATCH);
-    if (p->scratch == NULL) {
-        return NULL;
-    }
-
     cln = ngx_pool_cleanup_add(pool, 0);
     if (cln == NULL) {
         return NULL;
@@ -158,9 +162,9 @@ ngx_xmpp_federation_parser_create(ngx_pool_t *pool, ngx_log_t *log,
     p->max_stanza_size = max_stanza_size;
     p->text_max = NGX_XMPP_FEDERATION_TEXT_MAX;
 
-    if (ngx_xmpp_federation_parser_init(p) != NGX_OK) {
-        return NULL;
-    }
+    /* expat and the scratch buffer come with the first bytes */
+
+    ngx_xmpp_federation_parser_init(p);
 
     return p;
 }
@@ -179,15 +183,49 @@ ngx_xmpp_federation_parser_reset(ngx_xmpp_federation_parser_t *p)
         p->expat = NULL;
     }
 
-    return ngx_xmpp_federation_parser_init(p);
+    ngx_xmpp_federation_parser_init(p);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
+{
+    if (p->header.data) {
+        ngx_free(p->header.data);
+        ngx_str_null(&p->header);
+    }
+
+    p->event = ngx_xmpp_ev_none;
+    p->error = ngx_xmpp_err_none;
+    p->reason = NULL;
+    p->depth = 0;
+    p->consumed = 0;
+    p->fed = 0;
+    p->skipped = 0;
+    p->tries = 0;
+    p->start = 0;
+    p->end = 0;
+    p->chunk = NULL;
+    p->chunk_len = 0;
+    p->default_ns_ok = 0;
+    p->header_done = 0;
+    p->stopped = 0;
+    p->close_pending = 0;
+    p->suspended = 0;
+    p->punt = 0;
+    p->pending = 0;
+    p->clean = 0;
+    p->waking = 0;
+    ngx_str_null(&p->ns_decls);
 }
 
 
 static ngx_int_t
-ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
+ngx_xmpp_federation_parser_expat(ngx_xmpp_federation_parser_t *p)
 {
-    XML_Parser                      x;
-    ngx_xmpp_federation_parse_ud_t  *ud;
+    XML_Parser  x;
 
     x = XML_ParserCreateNS("UTF-8", NGX_XMPP_FEDERATION_NS_SEP);
     if (x == NULL) {
@@ -195,13 +233,7 @@ ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
         return NGX_ERROR;
     }
 
-    ud = (ngx_xmpp_federation_parse_ud_t *) (p + 1);
-    ud->parser = p;
-    ud->scratch = p->scratch;
-    ud->pos = ud->scratch;
-    ud->end = ud->scratch + NGX_XMPP_FEDERATION_SCRATCH;
-
-    XML_SetUserData(x, ud);
+    XML_SetUserData(x, (ngx_xmpp_federation_parse_ud_t *) (p + 1));
     XML_SetReturnNSTriplet(x, 1);
     XML_SetElementHandler(x, ngx_xmpp_federation_start_element,
                           ngx_xmpp_federation_end_element);
@@ -219,26 +251,46 @@ ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
 #endif
 
     p->expat = x;
-    p->event = ngx_xmpp_ev_none;
-    p->error = ngx_xmpp_err_none;
-    p->reason = NULL;
-    p->depth = 0;
-    p->consumed = 0;
-    p->fed = 0;
-    p->skipped = 0;
-    p->tries = 0;
-    p->start = 0;
-    p->end = 0;
-    p->default_ns_ok = 0;
-    p->header_done = 0;
-    p->stopped = 0;
-    p->close_pending = 0;
-    p->suspended = 0;
-    p->punt = 0;
-    p->pending = 0;
-    ngx_str_null(&p->ns_decls);
 
     return NGX_OK;
+}
+
+
+/* not zeroed: an idle stream keeps only what it has touched resident */
+
+static ngx_int_t
+ngx_xmpp_federation_parser_scratch(ngx_xmpp_federation_parser_t *p)
+{
+    ngx_xmpp_federation_parse_ud_t  *ud;
+
+    if (p->scratch) {
+        return NGX_OK;
+    }
+
+    p->scratch = ngx_alloc(NGX_XMPP_FEDERATION_SCRATCH, p->log);
+    if (p->scratch == NULL) {
+        return ngx_xmpp_federation_parser_nomem(p);
+    }
+
+    ud = (ngx_xmpp_federation_parse_ud_t *) (p + 1);
+    ud->parser = p;
+    ud->scratch = p->scratch;
+    ud->pos = ud->scratch;
+    ud->end = ud->scratch + NGX_XMPP_FEDERATION_SCRATCH;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_parser_nomem(ngx_xmpp_federation_parser_t *p)
+{
+    p->stopped = 1;
+    p->event = ngx_xmpp_ev_error;
+    p->error = ngx_xmpp_err_internal_server_error;
+    p->reason = "no memory for the parser";
+
+    return NGX_ERROR;
 }
 
 
@@ -250,6 +302,163 @@ ngx_xmpp_federation_parser_cleanup(void *data)
     if (p->expat) {
         XML_ParserFree(p->expat);
         p->expat = NULL;
+    }
+
+    if (p->scratch) {
+        ngx_free(p->scratch);
+        p->scratch = NULL;
+    }
+
+    if (p->header.data) {
+        ngx_free(p->header.data);
+        ngx_str_null(&p->header);
+    }
+}
+
+
+/*
+ * An idle stream between top-level elements needs neither expat nor the
+ * scratch buffer: both go, and come back with the next bytes.  Only
+ * when nothing is under way: expat not suspended, no element begun (by
+ * expat, or by a partial scan), all given bytes parsed, and for a parser
+ * fed by chunks, nothing after the last element but whitespace.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_parser_sleep(ngx_xmpp_federation_parser_t *p)
+{
+    if (!p->header_done || p->depth != 1 || p->stopped || p->suspended
+        || p->close_pending || p->punt || p->pending
+        || p->fed != p->consumed || (!p->scan && !p->clean)
+        || p->header.data == NULL)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (p->expat) {
+        XML_ParserFree(p->expat);
+        p->expat = NULL;
+    }
+
+    if (p->scratch) {
+        ngx_free(p->scratch);
+        p->scratch = NULL;
+    }
+
+    p->tries = 0;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, p->log, 0,
+                   "xmpp parser: asleep at %O", p->fed);
+
+    return NGX_OK;
+}
+
+
+/*
+ * expat when it is needed: a new stream, or after a sleep a fresh
+ * instance that reads the stream header again, and so stands at depth 1
+ * with the header's namespace declarations.  Its byte offsets then count
+ * the header once more: "skipped" makes up for it.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_parser_wake(ngx_xmpp_federation_parser_t *p)
+{
+    enum XML_Status  status;
+
+    if (ngx_xmpp_federation_parser_scratch(p) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (p->expat) {
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_federation_parser_expat(p) != NGX_OK) {
+        return ngx_xmpp_federation_parser_nomem(p);
+    }
+
+    if (!p->header_done) {
+        return NGX_OK;
+    }
+
+    p->depth = 0;
+    p->waking = 1;
+
+    status = XML_Parse(p->expat, (const char *) p->header.data,
+                       (int) p->header.len, 0);
+
+    p->waking = 0;
+
+    if (status != XML_STATUS_OK || p->depth != 1) {
+        ngx_log_error(NGX_LOG_ALERT, p->log, 0,
+                      "the kept XMPP stream header did not parse again");
+
+        p->stopped = 1;
+        p->event = ngx_xmpp_ev_error;
+        p->error = ngx_xmpp_err_internal_server_error;
+        p->reason = "the stream header did not parse again";
+        return NGX_ERROR;
+    }
+
+    p->skipped = p->fed - (off_t) p->header.len;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, p->log, 0,
+                   "xmpp parser: awake at %O", p->fed);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The bytes expat is given until the header is complete: the header is
+ * kept, to read it again after a sleep.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_keep(ngx_xmpp_federation_parser_t *p, u_char *data,
+    size_t len)
+{
+    if (p->header.data == NULL) {
+        p->header.data = ngx_alloc(p->max_header_size, p->log);
+        if (p->header.data == NULL) {
+            return ngx_xmpp_federation_parser_nomem(p);
+        }
+    }
+
+    len = ngx_min(len, p->max_header_size - p->header.len);
+
+    ngx_memcpy(p->header.data + p->header.len, data, len);
+    p->header.len += len;
+
+    return NGX_OK;
+}
+
+
+/* whether expat holds nothing after the last top-level element but space */
+
+static void
+ngx_xmpp_federation_settle(ngx_xmpp_federation_parser_t *p)
+{
+    u_char  *pos, *last;
+    off_t    start;
+
+    pos = p->chunk;
+    last = p->chunk + p->chunk_len;
+    start = p->consumed - (off_t) p->chunk_len;
+
+    if (p->end >= start) {
+        pos += p->end - start;
+        p->clean = 1;
+    }
+
+    while (pos < last) {
+        if (!ngx_xmpp_federation_ws(*pos)) {
+            p->clean = 0;
+            return;
+        }
+
+        pos++;
     }
 }
 
@@ -265,9 +474,14 @@ ngx_int_t
 ngx_xmpp_federation_parse(ngx_xmpp_federation_parser_t *p, u_char *data,
     size_t len)
 {
+    ngx_int_t        rc;
     enum XML_Status  status;
 
     if (p->stopped) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_xmpp_federation_parser_scratch(p) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -279,11 +493,28 @@ ngx_xmpp_federation_parse(ngx_xmpp_federation_parser_t *p, u_char *data,
         return ngx_xmpp_federation_advance(p);
     }
 
+    if (ngx_xmpp_federation_parser_wake(p) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!p->header_done && ngx_xmpp_federation_keep(p, data, len) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     p->fed = p->consumed;
+    p->chunk = data;
+    p->chunk_len = len;
 
     status = XML_Parse(p->expat, (const char *) data, (int) len, 0);
 
-    return ngx_xmpp_federation_parse_status(p, status);
+    rc = ngx_xmpp_federation_parse_status(p, status);
+
+    if (rc == NGX_AGAIN) {
+        ngx_xmpp_federation_settle(p);
+    }
+
+    return rc;
 }
 
 
@@ -322,8 +553,17 @@ ngx_xmpp_federation_parse_next(ngx_xmpp_federation_parser_t *p)
     p->event = ngx_xmpp_ev_none;
 
     if (!p->scan) {
+        p->suspended = 0;
+
         status = XML_ResumeParser(p->expat);
-        return ngx_xmpp_federation_parse_status(p, status);
+
+        rc = ngx_xmpp_federation_parse_status(p, status);
+
+        if (rc == NGX_AGAIN) {
+            ngx_xmpp_federation_settle(p);
+        }
+
+        return rc;
     }
 
     if (p->suspended) {
@@ -379,12 +619,24 @@ ngx_xmpp_federation_advance(ngx_xmpp_federation_parser_t *p)
             continue;
         }
 
+        /* expat only when the scan cannot do without it */
+
+        if (ngx_xmpp_federation_parser_wake(p) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         pos = (*p->buf)->start + (p->fed - *p->base);
         last = (*p->buf)->start + (p->consumed - *p->base);
 
         gt = ngx_strlchr(pos, last, '>');
         if (gt) {
             last = gt + 1;
+        }
+
+        if (!p->header_done
+            && ngx_xmpp_federation_keep(p, pos, last - pos) != NGX_OK)
+        {
+            return NGX_ERROR;
         }
 
         p->fed += last - pos;
@@ -614,11 +866,18 @@ ngx_xmpp_federation_start_element(void *data, const XML_Char *name,
     ngx_xmpp_federation_parse_ud_t  *ud = data;
 
     off_t                          end;
+    u_char                        *kept;
     ngx_xmpp_federation_parser_t  *p;
 
     p = ud->parser;
 
     if (p->depth == 0) {
+
+        if (p->waking) {
+            /* the kept header, read again: the stream goes on */
+            p->depth = 1;
+            return;
+        }
 
         /* the stream header */
 
@@ -634,6 +893,27 @@ ngx_xmpp_federation_start_element(void *data, const XML_Char *name,
                                      "xmpp_federation_max_header_size");
             return;
         }
+
+        /* the header's own bytes are kept, for a sleep, and no more */
+
+        if (end == 0 || (size_t) end > p->header.len) {
+            ngx_xmpp_federation_fail(p, ngx_xmpp_err_internal_server_error,
+                                     "stream header not kept");
+            return;
+        }
+
+        kept = ngx_alloc((size_t) end, p->log);
+        if (kept == NULL) {
+            ngx_xmpp_federation_fail(p, ngx_xmpp_err_internal_server_error,
+                                     "no memory for the stream header");
+            return;
+        }
+
+        ngx_memcpy(kept, p->header.data, (size_t) end);
+        ngx_free(p->header.data);
+
+        p->header.data = kept;
+        p->header.len = end;
 
         ngx_xmpp_federation_split_name(p, name);
         ngx_xmpp_federation_attributes(p, atts);
@@ -785,7 +1065,7 @@ ngx_xmpp_federation_start_namespace(void *data, const XML_Char *prefix,
 
     p = ud->parser;
 
-    if (p->depth != 0) {
+    if (p->depth != 0 || p->waking) {
         return;
     }
 
@@ -1001,9 +1281,6 @@ static uint32_t  ngx_xmpp_federation_name_char[] = {
 
 #define ngx_xmpp_federation_in(set, ch)                                       \
     ((set)[(ch) >> 5] & (1U << ((ch) & 0x1f)))
-
-#define ngx_xmpp_federation_ws(ch)                                            \
-    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
 
 
 /*

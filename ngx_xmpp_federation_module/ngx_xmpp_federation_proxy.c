@@ -15,6 +15,8 @@
 #include <ngx_stream_upstream_round_robin.h>
 
 
+static void ngx_xmpp_federation_peer_cleanup(void *data);
+static void ngx_xmpp_federation_peer_idle(ngx_xmpp_federation_peer_t *peer);
 static void ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev);
 static void ngx_xmpp_federation_peer_write_handler(ngx_event_t *wev);
 static void ngx_xmpp_federation_peer_fail(ngx_xmpp_federation_peer_t *peer,
@@ -45,20 +47,27 @@ ngx_xmpp_federation_peer_create(ngx_log_t *log, ngx_msec_t timeout)
 {
     ngx_log_t                   *plog;
     ngx_pool_t                  *pool;
+    ngx_pool_cleanup_t          *cln;
     ngx_xmpp_federation_peer_t  *peer;
 
-    pool = ngx_create_pool(4096, log);
+    /* small: the buffers and the parser's memory are the heap's */
+
+    pool = ngx_create_pool(1024, log);
     if (pool == NULL) {
         return NULL;
     }
 
     peer = ngx_pcalloc(pool, sizeof(ngx_xmpp_federation_peer_t));
     plog = ngx_palloc(pool, sizeof(ngx_log_t));
+    cln = ngx_pool_cleanup_add(pool, 0);
 
-    if (peer == NULL || plog == NULL) {
+    if (peer == NULL || plog == NULL || cln == NULL) {
         ngx_destroy_pool(pool);
         return NULL;
     }
+
+    cln->handler = ngx_xmpp_federation_peer_cleanup;
+    cln->data = peer;
 
     /* the session's log, with an action of our own */
     *plog = *log;
@@ -67,8 +76,8 @@ ngx_xmpp_federation_peer_create(ngx_log_t *log, ngx_msec_t timeout)
     peer->log = plog;
     peer->timeout = timeout;
 
-    peer->in = ngx_create_temp_buf(pool, 4096);
-    peer->out = ngx_create_temp_buf(pool, 1024);
+    peer->in = ngx_calloc_buf(pool);
+    peer->out = ngx_calloc_buf(pool);
     peer->parser = ngx_xmpp_federation_parser_create(pool, plog, 4096, 65536);
 
     if (peer->in == NULL || peer->out == NULL || peer->parser == NULL) {
@@ -77,6 +86,16 @@ ngx_xmpp_federation_peer_create(ngx_log_t *log, ngx_msec_t timeout)
     }
 
     return peer;
+}
+
+
+static void
+ngx_xmpp_federation_peer_cleanup(void *data)
+{
+    ngx_xmpp_federation_peer_t  *peer = data;
+
+    ngx_xmpp_federation_free_buf(peer->in);
+    ngx_xmpp_federation_free_buf(peer->out);
 }
 
 
@@ -144,7 +163,9 @@ ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
                  "from='' to=''>") - 1
           + peer->from.len + peer->to.len + peer->ns_decls.len;
 
-    p = ngx_pnalloc(peer->pool, len);
+    /* written into the output buffer: not kept in the pool */
+
+    p = ngx_alloc(len, peer->log);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -158,8 +179,11 @@ ngx_xmpp_federation_peer_connect(ngx_xmpp_federation_peer_t *peer,
           - p;
 
     if (ngx_xmpp_federation_peer_write(peer, p, len) != NGX_OK) {
+        ngx_free(p);
         return NGX_ERROR;
     }
+
+    ngx_free(p);
 
     ngx_add_timer(c->read, peer->timeout);
 
@@ -297,6 +321,15 @@ ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev)
 
     while (rev->ready) {
 
+        if (peer->in->start == NULL) {
+            if (ngx_xmpp_federation_reserve(peer->pool, &peer->in, 4096)
+                != NGX_OK)
+            {
+                ngx_xmpp_federation_peer_fail(peer, "no memory");
+                return;
+            }
+        }
+
         n = c->recv(c, peer->in->start, peer->in->end - peer->in->start);
 
         if (n == NGX_AGAIN) {
@@ -392,9 +425,31 @@ ngx_xmpp_federation_peer_read_handler(ngx_event_t *rev)
         }
     }
 
+    if (!rev->ready && peer->release) {
+        ngx_xmpp_federation_peer_idle(peer);
+    }
+
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
         ngx_xmpp_federation_peer_fail(peer, "read event failed");
     }
+}
+
+
+/* an idle stream of ours keeps neither buffers nor parser */
+
+static void
+ngx_xmpp_federation_peer_idle(ngx_xmpp_federation_peer_t *peer)
+{
+    ngx_xmpp_federation_free_buf(peer->in);
+
+    if (peer->out->pos == peer->out->last) {
+        ngx_xmpp_federation_free_buf(peer->out);
+    }
+
+    (void) ngx_xmpp_federation_parser_sleep(peer->parser);
+
+    ngx_log_debug0(NGX_LOG_DEBUG_STREAM, peer->log, 0,
+                   "xmpp peer: idle, memory released");
 }
 
 
@@ -764,6 +819,14 @@ ngx_xmpp_federation_gateway_handler(ngx_xmpp_federation_peer_t *peer,
 
     if (rc == NGX_DONE) {
         ngx_xmpp_federation_relay_gateway(s, ctx);
+
+        if (ctx->state == ngx_xmpp_st_relay && !ctx->quit
+            && !c->read->ready)
+        {
+            /* the gateway took the rest: the partner's stream is idle */
+            ngx_xmpp_federation_idle(s, ctx);
+        }
+
         return;
     }
 
@@ -912,6 +975,11 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     gw = ctx->gateway;
     c = s->connection;
 
+    if (ctx->in->start == NULL) {
+        /* released while idle: nothing to forward */
+        return;
+    }
+
     if (gw == NULL || !gw->connected || !gw->ready) {
         /*
          * Before the hand-off only keepalive whitespace can be ready to
@@ -992,18 +1060,25 @@ ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx)
 
     b = ctx->in;
 
-    if (ngx_xmpp_federation_append(gw->pool, &gw->out, b->pos,
-                                   ctx->fwd - b->pos)
-        != NGX_OK
-        || ngx_xmpp_federation_append(gw->pool, &gw->out,
-                                      (u_char *) "</stream:stream>",
-                                      sizeof("</stream:stream>") - 1)
-           != NGX_OK)
+    if (ctx->fwd > b->pos) {
+        if (ngx_xmpp_federation_append(gw->pool, &gw->out, b->pos,
+                                       ctx->fwd - b->pos)
+            != NGX_OK)
+        {
+            return;
+        }
+
+        b->pos = ctx->fwd;
+    }
+
+    if (ngx_xmpp_federation_append(gw->pool, &gw->out,
+                                   (u_char *) "</stream:stream>",
+                                   sizeof("</stream:stream>") - 1)
+        != NGX_OK)
     {
         return;
     }
 
-    b->pos = ctx->fwd;
     gw->ended = 1;
 
     ngx_xmpp_federation_peer_send(gw);
