@@ -553,6 +553,7 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
     u_char                           *ptr;
+    ngx_int_t                         rc;
     ngx_str_t                         from, to;
     ngx_xmpp_federation_pair_t       *pair;
     ngx_xmpp_federation_parser_t     *p;
@@ -565,9 +566,19 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
                                           ngx_stream_xmpp_federation_module);
 
     if (fscf->mode == NGX_XMPP_FEDERATION_OUTBOUND) {
-        /* no outbound relay yet: the stanza goes back to its sender */
-        ngx_xmpp_federation_cut(ctx);
-        return ngx_xmpp_federation_bounce(s, ctx);
+
+        /*
+         * No outbound relay yet: the stanza goes back to its sender, then
+         * out of the buffer, where the scan left its addresses
+         */
+
+        rc = ngx_xmpp_federation_bounce(s, ctx);
+
+        if (rc != NGX_ERROR) {
+            ngx_xmpp_federation_cut(ctx);
+        }
+
+        return rc;
     }
 
     if (ctx->partner && ctx->partner->tls == NGX_XMPP_FEDERATION_REQUIRED
@@ -707,14 +718,18 @@ ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
     start = jid->data;
     end = jid->data + jid->len;
 
-    p = ngx_strlchr(start, end, '/');
-    if (p) {
-        end = p;
-    }
+    /* one pass: after the first '@', up to the first '/' */
 
-    p = ngx_strlchr(start, end, '@');
-    if (p) {
-        start = p + 1;
+    for (p = start; p < end; p++) {
+
+        if (*p == '/') {
+            end = p;
+            break;
+        }
+
+        if (*p == '@' && start == jid->data) {
+            start = p + 1;
+        }
     }
 
     if (start == end) {

@@ -2074,9 +2074,15 @@ ngx_xmpp_federation_scan_store(ngx_xmpp_federation_parser_t *p,
         return NGX_ERROR;
     }
 
-    dst->data = ud->pos;
+    /*
+     * The scanned values are used where they are, in the stream's buffer,
+     * before it moves; the room they would take in the scratch buffer is
+     * counted, so that expat and the scan agree on the limit
+     */
+
+    dst->data = src;
     dst->len = len;
-    ud->pos = ngx_cpymem(ud->pos, src, len);
+    ud->pos += len;
 
     return NGX_OK;
 }
