@@ -21,8 +21,8 @@
 #
 # Environment: BENCH_PARTS (the parts to run, default
 # "relay,sessions,memory"); relay: BENCH_STANZAS (stanzas per run,
-# default 500000), BENCH_SIZE (bytes per stanza, default 1024),
-# BENCH_RUNS (runs per case, default 5), BENCH_PERF=FILE records a perf
+# default 2000000), BENCH_SIZE (bytes per stanza, default 1024),
+# BENCH_RUNS (runs per case, default 7), BENCH_PERF=FILE records a perf
 # profile of the worker during one extra run of BENCH_PERF_CASE (edge, the
 # default, or stock); sessions: BENCH_SESSIONS (sessions per run, default
 # 2000), BENCH_PARALLEL (clients at once, default 8), BENCH_SESSION_RUNS
@@ -66,9 +66,9 @@ my %parts = map { $_ => 1 } split /[\s,]+/,
 delete $parts{sessions} unless $sessions_bin && -x $sessions_bin;
 delete $parts{memory} unless $idle_bin && -x $idle_bin;
 
-my $count = $ENV{BENCH_STANZAS} || 500000;
+my $count = $ENV{BENCH_STANZAS} || 2000000;
 my $size = $ENV{BENCH_SIZE} || 1024;
-my $runs = $ENV{BENCH_RUNS} || 5;
+my $runs = $ENV{BENCH_RUNS} || 7;
 
 my $dir = tempdir('xmpp-bench-XXXXXX', TMPDIR => 1,
 	CLEANUP => !$ENV{BENCH_KEEP});
