@@ -28,7 +28,7 @@ typedef struct ngx_xmpp_federation_verify_s  ngx_xmpp_federation_verify_t;
 /* a name or namespace against a literal */
 #define ngx_xmpp_federation_is(str, value)                                    \
     ((str)->len == sizeof(value) - 1                                          \
-     && ngx_strncmp((str)->data, value, sizeof(value) - 1) == 0)
+     && ngx_memcmp((str)->data, value, sizeof(value) - 1) == 0)
 
 
 /* room for one line of our own: a dialback element with two domains */

@@ -715,21 +715,23 @@ ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
 {
     u_char  *p, *start, *end;
 
+    if (jid->len == 0) {
+        return NGX_ERROR;
+    }
+
     start = jid->data;
     end = jid->data + jid->len;
 
-    /* one pass: after the first '@', up to the first '/' */
+    /* memchr(): many bytes at a time, once per stanza and address */
 
-    for (p = start; p < end; p++) {
+    p = memchr(start, '/', jid->len);
+    if (p) {
+        end = p;
+    }
 
-        if (*p == '/') {
-            end = p;
-            break;
-        }
-
-        if (*p == '@' && start == jid->data) {
-            start = p + 1;
-        }
+    p = memchr(start, '@', end - start);
+    if (p) {
+        start = (u_char *) p + 1;
     }
 
     if (start == end) {
