@@ -1296,7 +1296,10 @@ ngx_xmpp_federation_bounce_flush(ngx_stream_session_t *s,
                                            - ctx->bounces->pos)
             != NGX_OK)
         {
-            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            /* our callers look at the session after us: no finalize */
+            ngx_xmpp_federation_stream_error(s, ctx,
+                                       ngx_xmpp_err_internal_server_error,
+                                       "no memory for the bounces");
             return;
         }
 
