@@ -25,6 +25,10 @@ typedef struct ngx_xmpp_federation_verify_s  ngx_xmpp_federation_verify_t;
 #define NGX_XMPP_FEDERATION_NS_SASL     "urn:ietf:params:xml:ns:xmpp-sasl"
 #define NGX_XMPP_FEDERATION_NS_ERRORS   "urn:ietf:params:xml:ns:xmpp-streams"
 
+/* XML white space */
+#define ngx_xmpp_federation_ws(ch)                                            \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
 /* a name or namespace against a literal */
 #define ngx_xmpp_federation_is(str, value)                                    \
     ((str)->len == sizeof(value) - 1                                          \
@@ -368,6 +372,7 @@ ngx_int_t ngx_xmpp_federation_append(ngx_pool_t *pool, ngx_buf_t **bp,
     u_char *data, size_t len);
 void ngx_xmpp_federation_free_buf(ngx_buf_t *b);
 void ngx_xmpp_federation_send(ngx_stream_session_t *s);
+ngx_int_t ngx_xmpp_federation_drain(ngx_connection_t *c);
 ngx_int_t ngx_xmpp_federation_flush(ngx_connection_t *c, ngx_buf_t *b,
     u_char *end, ngx_msec_t timeout);
 void ngx_xmpp_federation_stream_error(ngx_stream_session_t *s,

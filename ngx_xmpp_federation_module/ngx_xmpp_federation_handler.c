@@ -318,9 +318,7 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
                  */
 
                 for (ptr = ctx->checked;
-                     ptr < b->last
-                     && (*ptr == ' ' || *ptr == '\n' || *ptr == '\r'
-                         || *ptr == '\t');
+                     ptr < b->last && ngx_xmpp_federation_ws(*ptr);
                      ptr++)
                 {
                     /* void */
@@ -1622,10 +1620,8 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
     }
 #endif
 
-    if (ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN) == -1) {
-        /* the peer is gone: the drain below ends at once */
-        c->read->ready = 1;
-    }
+    /* when this fails the peer is gone: the drain below ends at once */
+    (void) ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN);
 
     c->read->handler = ngx_xmpp_federation_linger_handler;
 
@@ -1648,24 +1644,34 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 static void
 ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
 {
-    ssize_t                     n;
     ngx_connection_t           *c;
     ngx_stream_session_t       *s;
     ngx_xmpp_federation_ctx_t  *ctx;
-    u_char                      buf[NGX_XMPP_FEDERATION_DRAIN];
 
     c = rev->data;
     s = c->data;
 
     ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
 
-    if (rev->timedout) {
+    if (rev->timedout || ngx_xmpp_federation_drain(c) != NGX_AGAIN) {
         ngx_xmpp_federation_finalize(s, ctx->status);
-        return;
     }
+}
 
-    while (rev->ready) {
-        /* after close_notify what comes is not read as TLS */
+
+/*
+ * Reads and discards what the peer still sends: NGX_AGAIN to wait for
+ * more, NGX_DONE at its end or on an error.  Raw: after our close_notify
+ * what comes is not read as TLS.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_drain(ngx_connection_t *c)
+{
+    ssize_t  n;
+    u_char   buf[NGX_XMPP_FEDERATION_DRAIN];
+
+    while (c->read->ready) {
         n = ngx_recv(c, buf, NGX_XMPP_FEDERATION_DRAIN);
 
         if (n == NGX_AGAIN) {
@@ -1673,14 +1679,15 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
         }
 
         if (n == NGX_ERROR || n == 0) {
-            ngx_xmpp_federation_finalize(s, ctx->status);
-            return;
+            return NGX_DONE;
         }
     }
 
-    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-        ngx_xmpp_federation_finalize(s, ctx->status);
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        return NGX_DONE;
     }
+
+    return NGX_AGAIN;
 }
 
 

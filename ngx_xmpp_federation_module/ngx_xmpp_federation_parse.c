@@ -45,9 +45,6 @@
 #define NGX_XMPP_FEDERATION_SCAN_ATTRS  16
 #define NGX_XMPP_FEDERATION_SCAN_TRIES  4
 
-#define ngx_xmpp_federation_ws(ch)                                            \
-    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
-
 #if (defined __SSE2__ && defined __GNUC__)
 #define NGX_XMPP_FEDERATION_SSE2  1
 #include <emmintrin.h>

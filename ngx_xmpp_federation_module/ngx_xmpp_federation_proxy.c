@@ -534,11 +534,9 @@ ngx_xmpp_federation_peer_detach(ngx_xmpp_federation_peer_t *peer)
 static void
 ngx_xmpp_federation_peer_drain_handler(ngx_event_t *ev)
 {
-    ssize_t                      n;
     ngx_int_t                    rc;
     ngx_connection_t            *c;
     ngx_xmpp_federation_peer_t  *peer;
-    u_char                       buf[4096];
 
     c = ev->data;
     peer = c->data;
@@ -577,20 +575,7 @@ ngx_xmpp_federation_peer_drain_handler(ngx_event_t *ev)
 
     /* what the gateway still says is nobody's any more */
 
-    while (c->read->ready) {
-        n = c->recv(c, buf, sizeof(buf));
-
-        if (n == NGX_AGAIN) {
-            break;
-        }
-
-        if (n == NGX_ERROR || n == 0) {
-            ngx_xmpp_federation_peer_close(peer);
-            return;
-        }
-    }
-
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+    if (ngx_xmpp_federation_drain(c) != NGX_AGAIN) {
         ngx_xmpp_federation_peer_close(peer);
     }
 }
@@ -1012,11 +997,7 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     if (ctx->ended && gw->out->pos == gw->out->last && !ctx->quit) {
         /* the partner ended its stream: so do we, both ways */
 
-        gw->ended = 1;
-
-        (void) ngx_xmpp_federation_peer_write(gw,
-                                              (u_char *) "</stream:stream>",
-                                              sizeof("</stream:stream>") - 1);
+        ngx_xmpp_federation_gateway_end(ctx);
 
         ctx->quit = 1;
 
