@@ -20,6 +20,9 @@
 #define NGX_XMPP_FEDERATION_OID_XMPP  "1.3.6.1.5.5.7.8.5"
 
 
+static ngx_int_t ngx_xmpp_federation_chain(ngx_connection_t *c,
+    ngx_xmpp_federation_srv_conf_t *fscf, ngx_xmpp_federation_ctx_t *ctx,
+    X509 *cert, const char **reason);
 static ngx_int_t ngx_xmpp_federation_cert_names(X509 *cert,
     ngx_str_t *domain);
 static ngx_int_t ngx_xmpp_federation_other_name(GENERAL_NAME *gn,
@@ -35,11 +38,9 @@ ngx_int_t
 ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, const char **reason)
 {
-    int                              err;
     X509                            *cert;
     ngx_int_t                        rc;
     ngx_str_t                        domain;
-    X509_STORE_CTX                  *xs;
     ngx_connection_t                *c;
     ngx_xmpp_federation_srv_conf_t  *fscf;
 
@@ -65,57 +66,12 @@ ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,
         return NGX_DECLINED;
     }
 
-    /*
-     * The chain is verified against this server's store (trusted
-     * certificates, CRLs, depth).  After our STARTTLS the handshake did
-     * just that: its callback lets every certificate through, but keeps
-     * the first error found.  After a direct TLS handshake (the stock
-     * ssl_* context) the chain is verified again, here.
-     */
+    rc = ngx_xmpp_federation_chain(c, fscf, ctx, cert, reason);
 
-    if (SSL_get_SSL_CTX(c->ssl->connection) == fscf->ssl.ctx) {
-
-        err = ctx->cert_error;
-
-        if (err != X509_V_OK) {
-            *reason = X509_verify_cert_error_string(err);
-            X509_free(cert);
-            return NGX_DECLINED;
-        }
-
-        goto names;
-    }
-
-    xs = X509_STORE_CTX_new();
-    if (xs == NULL) {
+    if (rc != NGX_OK) {
         X509_free(cert);
-        *reason = "X509_STORE_CTX_new() failed";
-        return NGX_ERROR;
+        return rc;
     }
-
-    if (X509_STORE_CTX_init(xs, SSL_CTX_get_cert_store(fscf->ssl.ctx), cert,
-                            SSL_get_peer_cert_chain(c->ssl->connection))
-        != 1)
-    {
-        X509_STORE_CTX_free(xs);
-        X509_free(cert);
-        *reason = "X509_STORE_CTX_init() failed";
-        return NGX_ERROR;
-    }
-
-    X509_STORE_CTX_set_depth(xs, fscf->verify_depth);
-
-    if (X509_verify_cert(xs) != 1) {
-        err = X509_STORE_CTX_get_error(xs);
-        *reason = X509_verify_cert_error_string(err);
-        X509_STORE_CTX_free(xs);
-        X509_free(cert);
-        return NGX_DECLINED;
-    }
-
-    X509_STORE_CTX_free(xs);
-
-names:
 
     domain = ctx->from;
 
@@ -133,6 +89,60 @@ names:
     }
 
     *reason = NULL;
+    return NGX_OK;
+}
+
+
+/*
+ * The chain is verified against this server's store (trusted
+ * certificates, CRLs, depth).  After our STARTTLS the handshake did just
+ * that: its callback lets every certificate through, but keeps the first
+ * error found.  After a direct TLS handshake (the stock ssl_* context)
+ * the chain is verified again, here.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_chain(ngx_connection_t *c,
+    ngx_xmpp_federation_srv_conf_t *fscf, ngx_xmpp_federation_ctx_t *ctx,
+    X509 *cert, const char **reason)
+{
+    long             err;
+    X509_STORE_CTX  *xs;
+
+    if (SSL_get_SSL_CTX(c->ssl->connection) == fscf->ssl.ctx) {
+        err = ctx->cert_error;
+        goto done;
+    }
+
+    xs = X509_STORE_CTX_new();
+    if (xs == NULL) {
+        *reason = "X509_STORE_CTX_new() failed";
+        return NGX_ERROR;
+    }
+
+    if (X509_STORE_CTX_init(xs, SSL_CTX_get_cert_store(fscf->ssl.ctx), cert,
+                            SSL_get_peer_cert_chain(c->ssl->connection))
+        != 1)
+    {
+        X509_STORE_CTX_free(xs);
+        *reason = "X509_STORE_CTX_init() failed";
+        return NGX_ERROR;
+    }
+
+    X509_STORE_CTX_set_depth(xs, fscf->verify_depth);
+
+    err = (X509_verify_cert(xs) == 1) ? X509_V_OK
+                                       : X509_STORE_CTX_get_error(xs);
+
+    X509_STORE_CTX_free(xs);
+
+done:
+
+    if (err != X509_V_OK) {
+        *reason = X509_verify_cert_error_string(err);
+        return NGX_DECLINED;
+    }
+
     return NGX_OK;
 }
 
