@@ -307,7 +307,7 @@ sub sessions_part {
 	my $pki = make_pki($type);
 
 	$port{$_} = free_port()
-		for qw/ tedge tverify tsink tstock ttickets tverified /;
+		for qw/ tedge tfresh tverify tsink tstock ttickets tverified /;
 
 	# the stock servers: the same certificate, protocols, ciphers and
 	# curves as the edge; client certificates asked for; no session
@@ -357,8 +357,20 @@ stream {
     }
 
     # the edge: STARTTLS, SASL EXTERNAL, then the hand-off to the gateway
+    # on a gateway stream kept from an earlier session when there is one
     server {
         listen 127.0.0.1:$port{tedge};
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:$port{tsink};
+        xmpp_federation_pass_keepalive 16;
+        xmpp_federation_certificate $pki/contoso.pem;
+        xmpp_federation_certificate_key $pki/contoso.key;
+        xmpp_federation_trusted_certificate $pki/ca.pem;
+    }
+
+    # the same, with a new gateway stream (connection, dialback) each time
+    server {
+        listen 127.0.0.1:$port{tfresh};
         xmpp_federation inbound;
         xmpp_federation_pass 127.0.0.1:$port{tsink};
         xmpp_federation_certificate $pki/contoso.pem;
@@ -395,9 +407,9 @@ EOF
 	close $fh;
 
 	start_nginx('tls.conf', 'tls-error.log', 1,
-		@port{qw/ tedge tverify tstock ttickets tverified /});
+		@port{qw/ tedge tfresh tverify tstock ttickets tverified /});
 
-	my @cases = qw/ edge stock tickets verified /;
+	my @cases = qw/ edge fresh stock tickets verified /;
 	my %res = map { $_ => [] } @cases;
 	my $idle = cpu_idle();
 
@@ -442,10 +454,12 @@ EOF
 
 	my $r0 = $res{edge}[0];
 	my $ratio = $m{edge}{rate} / $m{stock}{rate};
+	my $fresh_ratio = $m{fresh}{rate} / $m{stock}{rate};
 	my $cpu_ratio = $m{stock}{cpums} / $m{edge}{cpums};
 
 	my %label = (
 		edge => 'edge: session',
+		fresh => '(edge, no keepalive)',
 		stock => 'stock TLS handshake',
 		tickets => '(stock, tickets on)',
 		verified => '(stock, verify on)',
@@ -465,8 +479,11 @@ EOF
 	$out .= "edge session: TCP, stream header, STARTTLS, TLS handshake"
 		. " with a client certificate,\n  stream header, SASL"
 		. " EXTERNAL, stream header, one stanza; established when the"
-		. " gateway\n  has the stanza (after the hand-off and the"
-		. " gateway's db:verify); then both streams end\n";
+		. " gateway\n  has the stanza; then the partner's stream"
+		. " ends. Hand-off: on a gateway stream kept from an\n  earlier"
+		. " session (xmpp_federation_pass_keepalive 16), or (no"
+		. " keepalive) a new\n  connection, stream header, db:result"
+		. " and the gateway's db:verify each time\n";
 	$out .= "stock handshake: TCP, TLS handshake with the client"
 		. " certificate (optional_no_ca), the one\n  byte of"
 		. " \"return\", close; context: session tickets on, or the"
@@ -488,6 +505,8 @@ EOF
 	$out .= "\n";
 	$out .= sprintf "session rate ratio edge/stock: %.3f (target >= 0.8:"
 		. " %s)\n", $ratio, $ratio >= 0.8 ? 'met' : 'NOT met';
+	$out .= sprintf "  without xmpp_federation_pass_keepalive: %.3f\n",
+		$fresh_ratio;
 	$out .= sprintf "worker CPU per session, edge/stock: %.2f; stock/edge"
 		. " %.3f is the rate ratio\n  if the worker alone were the"
 		. " limit\n", 1 / $cpu_ratio, $cpu_ratio;
@@ -514,9 +533,11 @@ sub session_case {
 	my %stock = (stock => 'tstock', tickets => 'ttickets',
 		verified => 'tverified');
 
-	my @cmd = $case eq 'edge'
-		? ($sessions_bin, 'edge', @port{qw/ tedge tverify tsink /},
-			@cert, $n, $par)
+	my %edge = (edge => 'tedge', fresh => 'tfresh');
+
+	my @cmd = $edge{$case}
+		? ($sessions_bin, 'edge', $port{$edge{$case}},
+			@port{qw/ tverify tsink /}, @cert, $n, $par)
 		: ($sessions_bin, 'stock', $port{$stock{$case}}, @cert, $n,
 			$par);
 

@@ -519,8 +519,7 @@ enum {
     GW_HEADER = 0,    /* waiting for the edge's stream header */
     GW_RESULT,        /* waiting for <db:result>key</db:result> */
     GW_VERIFY,        /* the key is being checked */
-    GW_STANZA,        /* waiting for the partner's first stanza */
-    GW_DRAIN          /* waiting for the end */
+    GW_STANZA         /* stanzas, until the end */
 };
 
 
@@ -530,6 +529,7 @@ struct gw_s {
     int        fd;
     int        state;
     unsigned   id;
+    unsigned   stanzas;      /* the sessions it carried */
     char       from[256];
     char       to[256];
     gw_t      *next_verify;
@@ -652,6 +652,11 @@ gw_process(gw_t *g, int vfd, int *notify, int npar)
         case GW_STANZA:
             e = strstr(g->buf, "</message>");
             if (e == NULL) {
+                if (strstr(g->buf, "</stream:stream>")) {
+                    gw_send(g, "</stream:stream>");
+                    return 1;
+                }
+
                 return 0;
             }
 
@@ -669,22 +674,10 @@ gw_process(gw_t *g, int vfd, int *notify, int npar)
 
             gw_consume(g, e + sizeof("</message>") - 1);
             write_all(notify[w], "k", 1);
+            g->stanzas++;
 
-            g->state = GW_DRAIN;
+            /* a stream the edge keeps carries later sessions' stanzas */
             break;
-
-        case GW_DRAIN:
-            if (strstr(g->buf, "</stream:stream>")) {
-                gw_send(g, "</stream:stream>");
-                return 1;
-            }
-
-            /* nothing else is expected: keep only the tail */
-            if (g->len > 64) {
-                gw_consume(g, g->buf + g->len - 64);
-            }
-
-            return 0;
         }
     }
 }
@@ -866,7 +859,7 @@ gateway(int lfd, int verify_port, int *notify, int npar, int ready)
                 }
 
                 if (r <= 0) {
-                    if (g->state != GW_DRAIN) {
+                    if (g->state != GW_STANZA || g->stanzas == 0) {
                         die("gateway: the edge closed a hand-off stream in"
                             " state %d: %s", g->state, g->buf);
                     }

@@ -140,6 +140,12 @@ typedef struct {
     size_t                          buffer_size;
     ngx_stream_upstream_srv_conf_t *pass;
 
+    /* xmpp_federation_pass_keepalive: vouched gateway streams kept */
+    ngx_uint_t                      keepalive;
+    ngx_msec_t                      keepalive_timeout;
+    ngx_queue_t                     cache;         /* of peer_t, LRU last */
+    ngx_uint_t                      cached;
+
     ngx_ssl_t                       ssl;
     ngx_array_t                    *certificates;
     ngx_array_t                    *certificate_keys;
@@ -274,6 +280,11 @@ struct ngx_xmpp_federation_peer_s {
 
     ngx_uint_t                           busy;
 
+    /* a gateway stream: the pairs it accepted; kept between sessions */
+    ngx_array_t                         *vouched;  /* of ngx_str_t pairs */
+    ngx_queue_t                          queue;    /* in srv_conf cache */
+    ngx_xmpp_federation_srv_conf_t      *cache;    /* whose, when kept */
+
     unsigned                             connected:1;
     unsigned                             destroy:1;
     unsigned                             ready:1;
@@ -282,6 +293,7 @@ struct ngx_xmpp_federation_peer_s {
     unsigned                             nodelay:1;
     unsigned                             ended:1;  /* we sent the end */
     unsigned                             release:1; /* idle: memory goes */
+    unsigned                             reused:1; /* kept, taken again */
 };
 
 
@@ -432,6 +444,8 @@ ngx_int_t ngx_xmpp_federation_vouch(ngx_stream_session_t *s,
 void ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_end(ngx_xmpp_federation_ctx_t *ctx);
+ngx_int_t ngx_xmpp_federation_gateway_keep(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_finish(ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_gateway_close(ngx_xmpp_federation_ctx_t *ctx);
 ngx_int_t ngx_xmpp_federation_bounce(ngx_stream_session_t *s,

@@ -123,6 +123,20 @@ static ngx_command_t  ngx_xmpp_federation_commands[] = {
       0,
       NULL },
 
+    { ngx_string("xmpp_federation_pass_keepalive"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, keepalive),
+      NULL },
+
+    { ngx_string("xmpp_federation_pass_keepalive_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_xmpp_federation_srv_conf_t, keepalive_timeout),
+      NULL },
+
     { ngx_string("xmpp_federation_preread"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -565,6 +579,8 @@ ngx_xmpp_federation_create_srv_conf(ngx_conf_t *cf)
     fscf->max_stanza_size = NGX_CONF_UNSET_SIZE;
     fscf->hold_size = NGX_CONF_UNSET_SIZE;
     fscf->buffer_size = NGX_CONF_UNSET_SIZE;
+    fscf->keepalive = NGX_CONF_UNSET_UINT;
+    fscf->keepalive_timeout = NGX_CONF_UNSET_MSEC;
     fscf->certificates = NGX_CONF_UNSET_PTR;
     fscf->certificate_keys = NGX_CONF_UNSET_PTR;
     fscf->verify_depth = NGX_CONF_UNSET;
@@ -595,6 +611,12 @@ ngx_xmpp_federation_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               262144);
     ngx_conf_merge_size_value(conf->hold_size, prev->hold_size, 65536);
     ngx_conf_merge_size_value(conf->buffer_size, prev->buffer_size, 16384);
+    ngx_conf_merge_uint_value(conf->keepalive, prev->keepalive, 0);
+    ngx_conf_merge_msec_value(conf->keepalive_timeout,
+                              prev->keepalive_timeout, 60000);
+
+    ngx_queue_init(&conf->cache);
+    conf->cached = 0;
 
     if (ngx_xmpp_federation_ssl_merge(cf, prev, conf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;

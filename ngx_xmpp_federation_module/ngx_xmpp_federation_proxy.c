@@ -35,6 +35,15 @@ static void ngx_xmpp_federation_gateway_handler(
 static ngx_int_t ngx_xmpp_federation_gateway_result(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair);
 static void ngx_xmpp_federation_gateway_cleanup(void *data);
+static ngx_xmpp_federation_peer_t *ngx_xmpp_federation_gateway_cached(
+    ngx_stream_session_t *s, ngx_xmpp_federation_ctx_t *ctx,
+    ngx_xmpp_federation_pair_t *pair);
+static ngx_int_t ngx_xmpp_federation_gateway_vouched(
+    ngx_xmpp_federation_peer_t *gw, ngx_xmpp_federation_pair_t *pair,
+    ngx_uint_t add);
+static void ngx_xmpp_federation_cache_handler(ngx_event_t *ev);
+static void ngx_xmpp_federation_cache_remove(ngx_xmpp_federation_peer_t *peer);
+static void ngx_xmpp_federation_cache_end(ngx_xmpp_federation_peer_t *peer);
 static void ngx_xmpp_federation_bounce_flush(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static void ngx_xmpp_federation_outbound_handler(ngx_stream_session_t *s,
@@ -69,8 +78,13 @@ ngx_xmpp_federation_peer_create(ngx_log_t *log, ngx_msec_t timeout)
     cln->handler = ngx_xmpp_federation_peer_cleanup;
     cln->data = peer;
 
-    /* the session's log, with an action of our own */
+    /*
+     * The session's log, with an action of our own; the pool logs there
+     * too, as the stream may outlive the session (detached, or kept).
+     */
+
     *plog = *log;
+    pool->log = plog;
 
     peer->pool = pool;
     peer->log = plog;
@@ -256,6 +270,13 @@ ngx_xmpp_federation_peer_write_handler(ngx_event_t *wev)
         ngx_xmpp_federation_peer_fail(peer, peer->connected
                                             ? "timed out writing"
                                             : "timed out connecting");
+        return;
+    }
+
+    if (peer->reused) {
+        /* a kept stream, taken by a new session: ready as it stands */
+        peer->reused = 0;
+        (void) ngx_xmpp_federation_peer_call(peer, NGX_OK);
         return;
     }
 
@@ -666,7 +687,7 @@ ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
     ngx_str_t                       *name;
     ngx_uint_t                       i;
     struct sockaddr                 *sockaddr;
-    ngx_connection_t                *c;
+    ngx_connection_t                *c, *gc;
     ngx_pool_cleanup_t              *cln;
     ngx_xmpp_federation_pair_t      *pair;
     ngx_xmpp_federation_peer_t      *gw;
@@ -692,6 +713,39 @@ ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
         }
     }
 
+    gw = ngx_xmpp_federation_gateway_cached(s, ctx, pair);
+
+    if (gw) {
+        gc = gw->pc.connection;
+        gc->idle = 0;
+        gc->read->handler = ngx_xmpp_federation_peer_read_handler;
+        gc->write->handler = ngx_xmpp_federation_peer_write_handler;
+
+        if (gc->read->timer_set) {
+            ngx_del_timer(gc->read);
+        }
+
+        *gw->log = *c->log;
+        gw->log->action = "handing the XMPP stream to the gateway";
+        gw->handler = ngx_xmpp_federation_gateway_handler;
+        gw->data = s;
+        gw->reused = 1;
+
+        ctx->gateway = gw;
+
+        /* its features "arrive" from the event loop, as a new one's do */
+        ngx_post_event(gc->write, &ngx_posted_events);
+
+        cln->handler = ngx_xmpp_federation_gateway_cleanup;
+        cln->data = ctx;
+
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "gateway stream from \"%V\" to \"%V\" reused",
+                      &gw->from, &gw->to);
+
+        return NGX_OK;
+    }
+
     /* the address list is walked on failures: ctx->gateway_try */
 
     for ( ;; ) {
@@ -711,9 +765,24 @@ ngx_xmpp_federation_gateway_connect(ngx_stream_session_t *s,
 
         gw->log->action = "handing the XMPP stream to the gateway";
         gw->nodelay = ngx_xmpp_federation_nodelay(s);
-        gw->from = pair->remote;
-        gw->to = pair->local;
-        gw->ns_decls = ctx->ns_decls;
+
+        /* the stream's own copies: it may outlive the session */
+
+        gw->from.data = ngx_pstrdup(gw->pool, &pair->remote);
+        gw->to.data = ngx_pstrdup(gw->pool, &pair->local);
+        gw->ns_decls.data = ngx_pstrdup(gw->pool, &ctx->ns_decls);
+
+        if (gw->from.data == NULL || gw->to.data == NULL
+            || (ctx->ns_decls.len && gw->ns_decls.data == NULL))
+        {
+            ngx_xmpp_federation_peer_close(gw);
+            return NGX_ERROR;
+        }
+
+        gw->from.len = pair->remote.len;
+        gw->to.len = pair->local.len;
+        gw->ns_decls.len = ctx->ns_decls.len;
+
         gw->handler = ngx_xmpp_federation_gateway_handler;
         gw->data = s;
 
@@ -783,7 +852,7 @@ ngx_xmpp_federation_gateway_handler(ngx_xmpp_federation_peer_t *peer,
     ngx_int_t rc)
 {
     ngx_str_t                      *from, *to;
-    ngx_uint_t                      i;
+    ngx_uint_t                      i, kept;
     ngx_connection_t               *c;
     ngx_stream_session_t           *s;
     ngx_xmpp_federation_ctx_t      *ctx;
@@ -817,17 +886,47 @@ ngx_xmpp_federation_gateway_handler(ngx_xmpp_federation_peer_t *peer,
 
     if (rc == NGX_OK) {
 
-        /* features: vouch for every domain waiting */
+        /*
+         * Features: vouch for every domain waiting, unless the stream,
+         * kept from an earlier session, has the gateway's word for it.
+         */
+
+        kept = 0;
 
         for (i = 0; i < ctx->pairs.nelts && ctx->gateway; i++) {
-            if (pair[i].state == ngx_xmpp_pair_vouching) {
-                if (ngx_xmpp_federation_gateway_result(s, ctx, &pair[i])
-                    != NGX_OK)
-                {
-                    ngx_xmpp_federation_finalize(s,
+            if (pair[i].state != ngx_xmpp_pair_vouching) {
+                continue;
+            }
+
+            if (ngx_xmpp_federation_gateway_vouched(peer, &pair[i], 0)
+                == NGX_OK)
+            {
+                kept = 1;
+
+                ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                              "gateway accepted \"%V\" for \"%V\" "
+                              "on a kept stream",
+                              &pair[i].remote, &pair[i].local);
+
+                ngx_xmpp_federation_pair_done(s, ctx, &pair[i], "valid",
+                                              NULL);
+                continue;
+            }
+
+            if (ngx_xmpp_federation_gateway_result(s, ctx, &pair[i])
+                != NGX_OK)
+            {
+                ngx_xmpp_federation_finalize(s,
                                             NGX_STREAM_INTERNAL_SERVER_ERROR);
-                    return;
-                }
+                return;
+            }
+        }
+
+        if (kept && !ctx->quit) {
+            ngx_xmpp_federation_send(s);
+
+            if (ctx->state == ngx_xmpp_st_relay) {
+                ngx_xmpp_federation_relay_gateway(s, ctx);
             }
         }
 
@@ -913,6 +1012,14 @@ ngx_xmpp_federation_gateway_handler(ngx_xmpp_federation_peer_t *peer,
                               "gateway accepted \"%V\" for \"%V\"",
                               &pair[i].remote, &pair[i].local);
 
+                if (ngx_xmpp_federation_gateway_vouched(peer, &pair[i], 1)
+                    != NGX_OK)
+                {
+                    ngx_xmpp_federation_finalize(s,
+                                            NGX_STREAM_INTERNAL_SERVER_ERROR);
+                    return;
+                }
+
                 ngx_xmpp_federation_pair_done(s, ctx, &pair[i], "valid",
                                               NULL);
 
@@ -995,9 +1102,14 @@ ngx_xmpp_federation_relay_gateway(ngx_stream_session_t *s,
     }
 
     if (ctx->ended && gw->out->pos == gw->out->last && !ctx->quit) {
-        /* the partner ended its stream: so do we, both ways */
+        /*
+         * The partner ended its stream: so do we, both ways, unless the
+         * gateway's stream is kept for the next one.
+         */
 
-        ngx_xmpp_federation_gateway_end(ctx);
+        if (ngx_xmpp_federation_gateway_keep(s, ctx) != NGX_OK) {
+            ngx_xmpp_federation_gateway_end(ctx);
+        }
 
         ctx->quit = 1;
 
@@ -1109,6 +1221,370 @@ ngx_xmpp_federation_gateway_finish(ngx_xmpp_federation_ctx_t *ctx)
     }
 
     ngx_xmpp_federation_gateway_close(ctx);
+}
+
+
+/*
+ * xmpp_federation_pass_keepalive: a partner's stream that ends cleanly
+ * leaves its gateway stream, with the domains the gateway accepted on it,
+ * for the next stream of the same domains; that one needs neither a new
+ * connection nor the gateway's dialback check.  Only streams at a stanza
+ * boundary with nothing on its way are kept.
+ */
+
+ngx_int_t
+ngx_xmpp_federation_gateway_keep(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx)
+{
+    ngx_uint_t                       i;
+    ngx_queue_t                     *q;
+    ngx_connection_t                *gc;
+    ngx_xmpp_federation_pair_t      *pair;
+    ngx_xmpp_federation_peer_t      *gw, *old;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    gw = ctx->gateway;
+
+    if (fscf->keepalive == 0
+        || fscf->mode != NGX_XMPP_FEDERATION_INBOUND
+        || gw == NULL
+        || gw->busy
+        || !gw->connected
+        || !gw->ready
+        || gw->ended
+        || gw->closed
+        || gw->vouched == NULL
+        || gw->pc.connection == NULL
+        || gw->out->pos != gw->out->last
+        || ctx->bouncing)
+    {
+        return NGX_DECLINED;
+    }
+
+    pair = ctx->pairs.elts;
+
+    for (i = 0; i < ctx->pairs.nelts; i++) {
+        if (pair[i].state == ngx_xmpp_pair_vouching) {
+            /* the gateway's answer is still to come */
+            return NGX_DECLINED;
+        }
+    }
+
+    /* last: the parser lets go of expat only at a stanza boundary */
+
+    if (gw->parser->expat
+        && ngx_xmpp_federation_parser_sleep(gw->parser) != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (fscf->cached == fscf->keepalive) {
+        /* full: the least recently used goes */
+        q = ngx_queue_head(&fscf->cache);
+        old = ngx_queue_data(q, ngx_xmpp_federation_peer_t, queue);
+
+        ngx_xmpp_federation_cache_remove(old);
+        ngx_xmpp_federation_cache_end(old);
+    }
+
+    ctx->gateway = NULL;
+
+    gw->handler = NULL;
+    gw->data = NULL;
+    gw->release = 0;
+
+    /* the session's log context goes with the session */
+    gw->log->handler = NULL;
+    gw->log->data = NULL;
+    gw->log->action = "keeping the gateway stream";
+
+    ngx_xmpp_federation_free_buf(gw->in);
+    ngx_xmpp_federation_free_buf(gw->out);
+
+    gc = gw->pc.connection;
+    gc->idle = 1;
+    gc->read->handler = ngx_xmpp_federation_cache_handler;
+    gc->write->handler = ngx_xmpp_federation_cache_handler;
+
+    if (gc->read->timer_set) {
+        ngx_del_timer(gc->read);
+    }
+
+    if (gc->write->timer_set) {
+        ngx_del_timer(gc->write);
+    }
+
+    ngx_add_timer(gc->read, fscf->keepalive_timeout);
+
+    gw->cache = fscf;
+    ngx_queue_insert_tail(&fscf->cache, &gw->queue);
+    fscf->cached++;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
+                   "xmpp gateway: stream from \"%V\" to \"%V\" kept, %ui",
+                   &gw->from, &gw->to, fscf->cached);
+
+    if (gc->read->ready) {
+        ngx_post_event(gc->read, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the most recently kept stream of the same domains that still stands */
+
+static ngx_xmpp_federation_peer_t *
+ngx_xmpp_federation_gateway_cached(ngx_stream_session_t *s,
+    ngx_xmpp_federation_ctx_t *ctx, ngx_xmpp_federation_pair_t *pair)
+{
+    u_char                           ch;
+    ssize_t                          n;
+    ngx_err_t                        err;
+    ngx_queue_t                     *q, *prev;
+    ngx_xmpp_federation_peer_t      *gw;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (fscf->cached == 0 || pair == NULL) {
+        return NULL;
+    }
+
+    for (q = ngx_queue_last(&fscf->cache);
+         q != ngx_queue_sentinel(&fscf->cache);
+         q = prev)
+    {
+        prev = ngx_queue_prev(q);
+        gw = ngx_queue_data(q, ngx_xmpp_federation_peer_t, queue);
+
+        if (gw->from.len != pair->remote.len
+            || gw->to.len != pair->local.len
+            || gw->ns_decls.len != ctx->ns_decls.len
+            || ngx_memcmp(gw->from.data, pair->remote.data, gw->from.len)
+               != 0
+            || ngx_memcmp(gw->to.data, pair->local.data, gw->to.len) != 0
+            || (gw->ns_decls.len
+                && ngx_memcmp(gw->ns_decls.data, ctx->ns_decls.data,
+                              gw->ns_decls.len)
+                   != 0))
+        {
+            continue;
+        }
+
+        ngx_xmpp_federation_cache_remove(gw);
+
+        /*
+         * The gateway may have ended it a moment ago, its end not read
+         * yet: such a stream is not taken.
+         */
+
+        n = recv(gw->pc.connection->fd, &ch, 1, MSG_PEEK);
+        err = ngx_socket_errno;
+
+        if (n == -1 && (err == NGX_EAGAIN || err == NGX_EINTR)) {
+            return gw;
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_STREAM, s->connection->log, err,
+                       "xmpp gateway: kept stream not taken: %z %d", n, err);
+
+        if (n > 0) {
+            ngx_xmpp_federation_cache_end(gw);
+
+        } else {
+            ngx_xmpp_federation_peer_close(gw);
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the pairs the gateway accepted on this stream; NGX_OK: it has this one */
+
+static ngx_int_t
+ngx_xmpp_federation_gateway_vouched(ngx_xmpp_federation_peer_t *gw,
+    ngx_xmpp_federation_pair_t *pair, ngx_uint_t add)
+{
+    ngx_str_t                       *v;
+    ngx_uint_t                       i;
+    ngx_stream_session_t            *s;
+    ngx_xmpp_federation_srv_conf_t  *fscf;
+
+    if (gw->vouched) {
+        v = gw->vouched->elts;
+
+        for (i = 0; i < gw->vouched->nelts; i += 2) {
+            if (v[i].len == pair->remote.len
+                && v[i + 1].len == pair->local.len
+                && ngx_memcmp(v[i].data, pair->remote.data, v[i].len) == 0
+                && ngx_memcmp(v[i + 1].data, pair->local.data,
+                              v[i + 1].len)
+                   == 0)
+            {
+                return NGX_OK;
+            }
+        }
+    }
+
+    if (!add) {
+        return NGX_DECLINED;
+    }
+
+    s = gw->data;
+
+    fscf = ngx_stream_get_module_srv_conf(s,
+                                          ngx_stream_xmpp_federation_module);
+
+    if (fscf->keepalive == 0) {
+        /* the stream will not be kept: no need to remember */
+        return NGX_OK;
+    }
+
+    if (gw->vouched == NULL) {
+        gw->vouched = ngx_array_create(gw->pool, 2, sizeof(ngx_str_t));
+        if (gw->vouched == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    v = ngx_array_push_n(gw->vouched, 2);
+    if (v == NULL) {
+        return NGX_ERROR;
+    }
+
+    v[0].data = ngx_pstrdup(gw->pool, &pair->remote);
+    v[1].data = ngx_pstrdup(gw->pool, &pair->local);
+
+    if (v[0].data == NULL || v[1].data == NULL) {
+        gw->vouched->nelts -= 2;
+        return NGX_ERROR;
+    }
+
+    v[0].len = pair->remote.len;
+    v[1].len = pair->local.len;
+
+    return NGX_OK;
+}
+
+
+/* kept: whitespace from the gateway keeps the stream, anything else ends it */
+
+static void
+ngx_xmpp_federation_cache_handler(ngx_event_t *ev)
+{
+    u_char                       *p;
+    ssize_t                       n;
+    ngx_connection_t             *c;
+    ngx_xmpp_federation_peer_t   *peer;
+    u_char                        buf[64];
+
+    c = ev->data;
+    peer = c->data;
+
+    if (ev->write) {
+        /* nothing to write while kept */
+        return;
+    }
+
+    if (c->close) {
+        /* the worker exits: a last word, without waiting for the answer */
+
+        ngx_xmpp_federation_cache_remove(peer);
+
+        (void) c->send(c, (u_char *) "</stream:stream>",
+                       sizeof("</stream:stream>") - 1);
+
+        ngx_xmpp_federation_peer_close(peer);
+        return;
+    }
+
+    if (ev->timedout) {
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                       "xmpp gateway: kept stream timed out");
+
+        ngx_xmpp_federation_cache_remove(peer);
+        ngx_xmpp_federation_cache_end(peer);
+        return;
+    }
+
+    while (ev->ready) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                           "xmpp gateway: kept stream closed");
+
+            ngx_xmpp_federation_cache_remove(peer);
+            ngx_xmpp_federation_peer_close(peer);
+            return;
+        }
+
+        for (p = buf; p < buf + n; p++) {
+            if (!ngx_xmpp_federation_ws(*p)) {
+                ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                               "xmpp gateway: kept stream ended by the "
+                               "gateway");
+
+                ngx_xmpp_federation_cache_remove(peer);
+                ngx_xmpp_federation_cache_end(peer);
+                return;
+            }
+        }
+    }
+
+    if (ngx_handle_read_event(ev, 0) != NGX_OK) {
+        ngx_xmpp_federation_cache_remove(peer);
+        ngx_xmpp_federation_peer_close(peer);
+    }
+}
+
+
+static void
+ngx_xmpp_federation_cache_remove(ngx_xmpp_federation_peer_t *peer)
+{
+    ngx_connection_t  *c;
+
+    c = peer->pc.connection;
+
+    ngx_queue_remove(&peer->queue);
+    peer->cache->cached--;
+    peer->cache = NULL;
+
+    c->idle = 0;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+}
+
+
+/* a kept stream ends as any gateway stream: our end, then a linger */
+
+static void
+ngx_xmpp_federation_cache_end(ngx_xmpp_federation_peer_t *peer)
+{
+    if (ngx_xmpp_federation_append(peer->pool, &peer->out,
+                                   (u_char *) "</stream:stream>",
+                                   sizeof("</stream:stream>") - 1)
+        != NGX_OK)
+    {
+        ngx_xmpp_federation_peer_close(peer);
+        return;
+    }
+
+    peer->ended = 1;
+
+    ngx_xmpp_federation_peer_detach(peer);
 }
 
 

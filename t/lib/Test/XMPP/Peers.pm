@@ -105,7 +105,9 @@ sub authoritative {
 # a scripted gateway: verifies the edge's key by dialback at the edge's
 # internal listener, as ejabberd does (db:verify at once), and answers
 # db:verify for its own key "gwkey" when the edge asks; with slow => 1 it
-# has a small receive buffer and reads stanzas 2 KB at a time, 2 ms apart
+# has a small receive buffer and reads stanzas 2 KB at a time, 2 ms apart;
+# with end_on => TEXT it ends its stream (</stream:stream>) half a second
+# after a chunk it reads holds TEXT, and reads on until the edge closes
 
 sub gateway {
 	my ($port, $edge, $logfile, %o) = @_;
@@ -186,6 +188,13 @@ sub gateway {
 					$o{slow} ? 2048 : 65536);
 				last unless $n;
 				print $log $chunk;
+				if (defined $o{end_on}
+					&& index($chunk, $o{end_on}) >= 0)
+				{
+					# after the partner's stream is over
+					sleep(0.5);
+					$c->syswrite("</stream:stream>");
+				}
 				if ($chunk =~
 					/<db:result from='([^']*)' to='([^']*)'>([^<]*)</)
 				{
