@@ -16,6 +16,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::Nginx qw/ port /;
+use Test::Nginx::XMPP qw/ xmpp /;
+use Test::XMPP::Peers qw/ authoritative /;
 use Test::XMPP::Servers;
 
 ###############################################################################
@@ -62,6 +64,20 @@ stream {
         dialback on;
     }
 
+    # scripted partner streams, to the keepalive server below
+    xmpp_federation_partner litware.example {
+        tls not_supported;
+        sasl not_supported;
+        server 127.0.0.1:%%PORT_8090%%;
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT_8082%%;
+        xmpp_federation inbound;
+        xmpp_federation_pass 127.0.0.1:$p{gw_s2s};
+        xmpp_federation_pass_keepalive 4;
+    }
+
     server {
         listen 127.0.0.1:%%PORT_8080%%;
         xmpp_federation inbound;
@@ -91,9 +107,10 @@ my $gwdns = $xs->dnsmasq(name => 'gateway', port => $p{dns_gw}, xmpp => {
 	'fabrikam.example' => $edge_internal,
 	'corp.fabrikam.example' => $edge_internal,
 	'unlisted.example' => $edge_internal,
+	'litware.example' => $edge_internal,
 });
 
-$t->try_run('no xmpp_federation')->plan(14);
+$t->try_run('no xmpp_federation')->plan(17);
 
 my $gw = $xs->prosody(name => 'gateway', domain => 'contoso.example',
 	port => $p{gw_s2s}, c2s_port => $p{gw_c2s}, dns => $gwdns->port(),
@@ -107,6 +124,12 @@ my $pt = $xs->prosody(name => 'partner',
 my $un = $xs->prosody(name => 'unlisted', domain => 'unlisted.example',
 	port => $p{un_s2s}, c2s_port => $p{un_c2s}, dns => $world->port(),
 	users => { mallory => 'mallory-pw' });
+
+# litware's authoritative server, scripted; forked once the servers hold
+# their ports (a child would keep the reservations of the ports open)
+
+$t->run_daemon(\&authoritative, port(8090));
+$t->waitforsocket('127.0.0.1:' . port(8090));
 
 ###############################################################################
 
@@ -154,6 +177,35 @@ unlike($gw->log(), qr/unlisted\.example->contoso\.example/,
 	'unlisted domain: no stream at the gateway');
 @got = $alice->wait_for(3, 1);
 is(scalar(@got), 2, 'unlisted domain: nothing delivered');
+
+# xmpp_federation_pass_keepalive: two partner streams one after the
+# other, the second on the gateway stream of the first: Prosody takes it
+
+for my $n (1, 2) {
+	my $x = xmpp(PeerAddr => '127.0.0.1:' . port(8082));
+	$x->open_stream(from => 'litware.example', to => 'contoso.example',
+		db => 1);
+	$x->read_element('stream:features');
+	$x->send("<db:result from='litware.example' to='contoso.example'>"
+		. "goodkey</db:result>");
+	$x->read_element('db:result');
+	$x->send("<message from='dan\@litware.example'"
+		. " to='alice\@contoso.example' type='chat' id='lw$n'>"
+		. "<body>litware $n</body></message></stream:stream>");
+	$x->read_until(qr{</stream:stream>});
+	$x->close();
+	$alice->wait_for(2 + $n, 15);
+}
+
+@got = $alice->wait_for(4, 1);
+is(join(',', map { $_->{body} } @got[2 .. 3]), 'litware 1,litware 2',
+	'keepalive: both messages delivered');
+my @in = $gw->log() =~
+	/Incoming s2s connection litware\.example->contoso\.example complete/g;
+is(scalar(@in), 1, 'keepalive: one gateway stream for both');
+like($t->read_file('error.log'),
+	qr/gateway stream from "litware.example" to "contoso.example" reused/,
+	'keepalive: stream reused');
 
 # our user answers: the edge has no outbound relay yet, the gateway
 # gets the message back as an error instead of losing it
