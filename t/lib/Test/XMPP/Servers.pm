@@ -1467,8 +1467,21 @@ sub ctl {
 sub register {
 	my ($self, $user, $password, $domain) = @_;
 
-	my ($st, $out) = $self->ctl('register', $user,
-		$domain // $self->domain(), $password);
+	my $deadline = time() + Test::XMPP::Servers::_timeout(30);
+	my ($st, $out);
+
+	# ejabberd opens its ports before mnesia has made every table: a
+	# command that comes too early finds no "passwd" table yet
+
+	while (1) {
+		($st, $out) = $self->ctl('register', $user,
+			$domain // $self->domain(), $password);
+
+		last unless $st && $out =~ /no_exists|not_ready/
+			&& time() < $deadline;
+
+		sleep(0.5);
+	}
 
 	croak "ejabberd register $user failed (status $st): $out" if $st;
 
