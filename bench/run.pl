@@ -446,7 +446,8 @@ EOF
 			return "\nSESSIONS: no $case run succeeded\n";
 		}
 
-		for my $k (qw/ seconds rate cpums p50 p99 client sink tickets /)
+		for my $k (qw/ seconds rate cpums userms sysms p50 p99 client
+			sink tickets /)
 		{
 			$m{$case}{$k} = median(map { $_->{$k} } @{$res{$case}});
 		}
@@ -474,8 +475,9 @@ EOF
 		$type eq 'rsa' ? 'RSA 2048' : 'ECDSA P-256', $r0->{proto},
 		$r0->{cipher};
 	$out .= sprintf "every handshake full: the client offers no session;"
-		. " the servers send %.1f tickets per\nhandshake, never"
-		. " used\n", $m{edge}{tickets};
+		. " tickets per handshake, never\nused: edge %.1f, stock"
+		. " %.1f (session IDs that the disabled cache does not"
+		. " keep)\n", $m{edge}{tickets}, $m{stock}{tickets};
 	$out .= "edge session: TCP, stream header, STARTTLS, TLS handshake"
 		. " with a client certificate,\n  stream header, SASL"
 		. " EXTERNAL, stream header, one stanza; established when the"
@@ -514,6 +516,10 @@ EOF
 		. " %.0f%%\n",
 		100 * $m{edge}{cpums} * $n / 1000 / $m{edge}{seconds},
 		100 * $m{stock}{cpums} * $n / 1000 / $m{stock}{seconds};
+	$out .= sprintf "worker user / system CPU ms per session (clock"
+		. " ticks): edge %.3f / %.3f,\n  stock %.3f / %.3f, (stock,"
+		. " verify on) %.3f / %.3f\n", map { $m{$_}{userms},
+		$m{$_}{sysms} } qw/ edge stock verified /;
 	$out .= "\nruns (seconds, sessions/s, worker CPU ms per session):\n";
 
 	for my $case (@cases) {
@@ -542,11 +548,13 @@ sub session_case {
 			$par);
 
 	my $c0 = worker_cpu($worker);
+	my @t0 = worker_times($worker);
 	my $line = `@cmd 2>$dir/xmpp_sessions.err`;
 
 	# the last connections close after the client is done
 	sleep 0.2;
 	my $c1 = worker_cpu($worker);
+	my @t1 = worker_times($worker);
 
 	if ($? || $line !~ /seconds=([\d.]+)/) {
 		my $err = slurp("$dir/xmpp_sessions.err") // '';
@@ -564,6 +572,8 @@ sub session_case {
 		seconds => $secs,
 		rate => $n / $secs,
 		cpums => 1000 * ($c1 - $c0) / $n,
+		userms => 1000 * ($t1[0] - $t0[0]) / $n,
+		sysms => 1000 * ($t1[1] - $t0[1]) / $n,
 		p50 => $v{lat_p50_ms},
 		p99 => $v{lat_p99_ms},
 		client => $v{client_cpu},
