@@ -158,8 +158,8 @@ demo: deps build
 # relay throughput against proxy_pass, session establishment (STARTTLS,
 # SASL EXTERNAL, hand-off) against TLS handshakes on "listen ... ssl",
 # memory per idle stream against proxy_pass.  BENCH_PARTS, BENCH_STANZAS,
-# BENCH_RUNS, BENCH_SESSIONS, BENCH_KEY, BENCH_IDLE_STREAMS, BENCH_PERF:
-# see bench/run.pl.
+# BENCH_RUNS, BENCH_SESSIONS, BENCH_KEY, BENCH_IDLE_STREAMS, BENCH_PERF,
+# BENCH_COUNT (instructions counted with callgrind): see bench/run.pl.
 
 BENCH_DIR := $(TOP)/build/bench
 

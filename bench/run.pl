@@ -28,7 +28,9 @@
 # 2000), BENCH_PARALLEL (clients at once, default 8), BENCH_SESSION_RUNS
 # (runs per case, default 3), BENCH_KEY (ec, the default: ECDSA P-256, or
 # rsa: RSA 2048, for every certificate); memory: BENCH_IDLE_STREAMS
-# (default 10000); BENCH_KEEP=1 keeps the nginx directory.
+# (default 10000); BENCH_COUNT=1: relay and sessions also count the
+# instructions nginx executes in user space, under callgrind (valgrind),
+# per stanza and per session; BENCH_KEEP=1 keeps the nginx directory.
 
 use warnings;
 use strict;
@@ -225,6 +227,19 @@ EOF
 
 	stop_nginx();
 
+	my $counted;
+
+	if ($ENV{BENCH_COUNT}) {
+		my $n = 100000;
+
+		$counted = count_instructions('nginx.conf',
+			[ @port{qw/ edge verify stock /} ],
+			edge => [ $n, $bench, 'edge',
+				@port{qw/ edge verify sink auth /}, $n, $size ],
+			stock => [ $n, $bench, 'stock',
+				@port{qw/ stock sink2 /}, $n, $size ]);
+	}
+
 	my %m;
 
 	for my $case (qw/ edge stock /) {
@@ -291,6 +306,9 @@ EOF
 	}
 
 	$out .= "perf profile: $perf\n" if $perf;
+	$out .= count_report($counted, 'stanza',
+		edge => 'edge (xmpp_federation)', stock => 'stock proxy_pass')
+		if $counted;
 
 	return $out;
 }
@@ -438,6 +456,24 @@ EOF
 
 	stop_nginx();
 
+	my $counted;
+
+	if ($ENV{BENCH_COUNT}) {
+		my @cert = ("$pki/fabrikam.pem", "$pki/fabrikam.key");
+		my $k = 200;
+
+		$counted = count_instructions('tls.conf',
+			[ @port{qw/ tedge tfresh tverify tstock tverified /} ],
+			edge => [ $k, $sessions_bin, 'edge', $port{tedge},
+				@port{qw/ tverify tsink /}, @cert, $k, 4 ],
+			fresh => [ $k, $sessions_bin, 'edge', $port{tfresh},
+				@port{qw/ tverify tsink /}, @cert, $k, 4 ],
+			stock => [ $k, $sessions_bin, 'stock', $port{tstock},
+				@cert, $k, 4 ],
+			verified => [ $k, $sessions_bin, 'stock',
+				$port{tverified}, @cert, $k, 4 ]);
+	}
+
 	my %m;
 
 	for my $case (@cases) {
@@ -527,6 +563,12 @@ EOF
 			map { sprintf '%.3f/%.0f/%.3f', $_->{seconds},
 				$_->{rate}, $_->{cpums} } @{$res{$case}};
 	}
+
+	$out .= count_report($counted, 'session',
+		edge => 'edge: session', fresh => '(edge, no keepalive)',
+		stock => 'stock TLS handshake',
+		verified => '(stock, verify on)')
+		if $counted;
 
 	return $out;
 }
@@ -1016,6 +1058,95 @@ sub worker_pids {
 	return;
 }
 
+# Instructions that nginx (one process: master_process off) executes in
+# user space, counted by callgrind: nginx is started afresh for each
+# workload and once for none; the workload's count less the start's,
+# divided by its units of work (stanzas, sessions).  Machine load does not
+# change these figures.  WORK: name => [ units, command... ]
+
+sub count_instructions {
+	my ($conf, $ports, %work) = @_;
+
+	my (%ir, %per);
+
+	for my $name ('', sort keys %work) {
+		my $file = "$dir/callgrind." . ($name || 'start');
+
+		$errlog = "$dir/count-error.log";
+		unlink $errlog;
+		$master = fork() // die "fork: $!\n";
+
+		if ($master == 0) {
+			open STDIN, '<', '/dev/null';
+			open STDERR, '>', "$dir/valgrind.log";
+			exec('valgrind', '--tool=callgrind',
+				"--callgrind-out-file=$file", $nginx,
+				'-p', "$dir/", '-e', $errlog, '-c', "$dir/$conf",
+				'-g', 'master_process off;')
+				or die "exec valgrind: $!\n";
+		}
+
+		wait_port($_, 60) for @$ports;
+
+		if ($name) {
+			my ($units, @cmd) = @{$work{$name}};
+
+			if (system("@cmd >/dev/null 2>$dir/count.err") != 0) {
+				my $err = slurp("$dir/count.err") // '';
+				$err =~ s/\s+$//;
+				push @failures, "count: $name: $err";
+			}
+		}
+
+		# one process: TERM ends it as QUIT would; under valgrind a
+		# signal can go unseen while no timer is set, and is sent again
+
+		stop_nginx('TERM');
+
+		my ($total) = (slurp($file) // '') =~ /^(?:summary|totals):\s*(\d+)/m
+			or do {
+				push @failures, "count: no callgrind totals in $file";
+				return;
+			};
+
+		$ir{$name || 'start'} = $total;
+	}
+
+	for my $name (keys %work) {
+		$per{$name} = ($ir{$name} - $ir{start}) / $work{$name}[0];
+	}
+
+	$per{start} = $ir{start};
+	$per{units} = { map { $_ => $work{$_}[0] } keys %work };
+
+	return \%per;
+}
+
+sub count_report {
+	my ($c, $unit, %label) = @_;
+
+	my $out = sprintf "\ninstructions in user space per %s (callgrind,"
+		. " nginx alone, the start of %.1f M\ninstructions"
+		. " subtracted):\n", $unit, $c->{start} / 1e6;
+
+	for my $name (sort { $c->{$a} <=> $c->{$b} } keys %label) {
+		$out .= sprintf "  %-24s %12.0f  (%d %ss)\n", $label{$name},
+			$c->{$name}, $c->{units}{$name}, $unit;
+	}
+
+	if ($c->{verified}) {
+		$out .= sprintf "  edge/stock: %.3f, edge/(stock, verify on):"
+			. " %.3f\n", $c->{edge} / $c->{stock},
+			$c->{edge} / $c->{verified};
+
+	} else {
+		$out .= sprintf "  edge - stock: %.0f per %s\n",
+			$c->{edge} - $c->{stock}, $unit;
+	}
+
+	return $out;
+}
+
 # nginx with DIR/CONF, logging to DIR/LOG, once it listens on PORTS
 
 sub start_nginx {
@@ -1043,17 +1174,21 @@ sub start_nginx {
 # stops nginx; the errors it logged are kept for the summary
 
 sub stop_nginx {
+	my ($signal) = @_;
+
 	return unless $master;
 
-	kill 'QUIT', $master;
+	kill $signal // 'QUIT', $master;
 
 	my $gone = 0;
 
-	for (1 .. 100) {
+	for my $i (1 .. 100) {
 		if (waitpid($master, WNOHANG) == $master) {
 			$gone = 1;
 			last;
 		}
+
+		kill $signal, $master if $signal && $i % 5 == 0;
 
 		sleep 0.1;
 	}
@@ -1082,11 +1217,11 @@ sub free_port {
 # stock proxy try its upstream and log an error)
 
 sub wait_port {
-	my ($port) = @_;
+	my ($port, $secs) = @_;
 
 	my $local = sprintf '0100007F:%04X', $port;
 
-	for (1 .. 100) {
+	for (1 .. ($secs // 5) * 20) {
 		for (split /\n/, slurp('/proc/net/tcp') // '') {
 			my @f = split ' ';
 			return if $f[1] eq $local && $f[3] eq '0A';
