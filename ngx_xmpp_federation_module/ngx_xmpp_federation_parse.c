@@ -2121,9 +2121,9 @@ ngx_xmpp_federation_scan_text_avx2(u_char *pos, u_char *last)
                                                   gt)),
                 _mm256_cmpeq_epi8(b, amp));
 
-        if (!_mm256_testz_si256(_mm256_or_si256(m, n),
-                                _mm256_or_si256(m, n)))
-        {
+        m = _mm256_or_si256(m, n);
+
+        if (!_mm256_testz_si256(m, m)) {
             break;
         }
 
