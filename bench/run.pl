@@ -1072,19 +1072,12 @@ sub count_instructions {
 	for my $name ('', sort keys %work) {
 		my $file = "$dir/callgrind." . ($name || 'start');
 
-		$errlog = "$dir/count-error.log";
-		unlink $errlog;
-		$master = fork() // die "fork: $!\n";
+		unlink "$dir/count-error.log";
 
-		if ($master == 0) {
-			open STDIN, '<', '/dev/null';
-			open STDERR, '>', "$dir/valgrind.log";
-			exec('valgrind', '--tool=callgrind',
-				"--callgrind-out-file=$file", $nginx,
-				'-p', "$dir/", '-e', $errlog, '-c', "$dir/$conf",
-				'-g', 'master_process off;')
-				or die "exec valgrind: $!\n";
-		}
+		spawn_nginx($conf, 'count-error.log',
+			[ 'valgrind', '--tool=callgrind', '--log-file='
+				. "$dir/valgrind.log", "--callgrind-out-file=$file" ],
+			'-g', 'master_process off;');
 
 		wait_port($_, 60) for @$ports;
 
@@ -1152,14 +1145,7 @@ sub count_report {
 sub start_nginx {
 	my ($conf, $log, $nworkers, @ports) = @_;
 
-	$errlog = "$dir/$log";
-	$master = fork() // die "fork: $!\n";
-
-	if ($master == 0) {
-		open STDIN, '<', '/dev/null';
-		exec($nginx, '-p', "$dir/", '-e', $errlog, '-c', "$dir/$conf")
-			or die "exec $nginx: $!\n";
-	}
+	spawn_nginx($conf, $log, []);
 
 	wait_port($_) for @ports;
 
@@ -1169,6 +1155,23 @@ sub start_nginx {
 	$worker = $w[0];
 
 	return @w;
+}
+
+# nginx with DIR/CONF, logging to DIR/LOG, as the last arguments of WRAP
+# (a command, or none), with EXTRA arguments; $master is its process
+
+sub spawn_nginx {
+	my ($conf, $log, $wrap, @extra) = @_;
+
+	$errlog = "$dir/$log";
+	$master = fork() // die "fork: $!\n";
+
+	if ($master == 0) {
+		open STDIN, '<', '/dev/null';
+		exec(@$wrap, $nginx, '-p', "$dir/", '-e', $errlog,
+			'-c', "$dir/$conf", @extra)
+			or die "exec $nginx: $!\n";
+	}
 }
 
 # stops nginx; the errors it logged are kept for the summary

@@ -738,7 +738,8 @@ for my $at (0, 1, 31, 32, 33, 63, 64, 65, 127, 200) {
 }
 
 ok(!@wrong, 'long text, a control, "]]>", a byte not UTF-8 or a bare "&"'
-	. ' in 10 places of the scan\'s blocks: not-well-formed') or diag(join "\n", @wrong);
+	. ' in 10 places of the scan\'s blocks: not-well-formed')
+	or diag(join "\n", @wrong);
 ok(!@changed, 'long text, UTF-8, references, a tab, ">" and DEL in 10'
 	. ' places: relayed as sent') or diag("changed at @changed");
 
