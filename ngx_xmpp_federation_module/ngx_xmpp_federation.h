@@ -127,6 +127,20 @@ typedef struct {
 } ngx_xmpp_federation_main_conf_t;
 
 
+/*
+ * A client certificate chain that verified without an error: the SHA-256
+ * of its certificates' SHA-256 digests, in the order the peer sent them,
+ * and when the verdict holds (the chain's validity, the CRLs' next
+ * update, the cache's "valid")
+ */
+typedef struct {
+    u_char                          key[32];
+    time_t                          from;
+    time_t                          until;         /* 0: a free entry */
+    ngx_uint_t                      used;          /* least recent first */
+} ngx_xmpp_federation_verdict_t;
+
+
 typedef struct {
     ngx_uint_t                      mode;
     ngx_flag_t                      preread;
@@ -154,6 +168,12 @@ typedef struct {
     ngx_uint_t                      protocols;
     ngx_str_t                       ciphers;
     ngx_int_t                       verify_depth;
+
+    /* xmpp_federation_verify_cache: chains verified, per worker */
+    ngx_uint_t                      verify_cache;
+    time_t                          verify_cache_valid;
+    ngx_xmpp_federation_verdict_t  *verdicts;
+    ngx_uint_t                      verdict_stamp;
 } ngx_xmpp_federation_srv_conf_t;
 
 
@@ -341,6 +361,7 @@ typedef struct {
     unsigned                        auth:2;        /* $xmpp_auth */
     unsigned                        starttls:1;    /* <proceed/> on its way */
     unsigned                        sasl_offered:1;
+    unsigned                        cert_cached:1; /* verified earlier */
 } ngx_xmpp_federation_ctx_t;
 
 
@@ -459,6 +480,8 @@ ngx_int_t ngx_xmpp_federation_starttls(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 void ngx_xmpp_federation_tls_handshake(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
+int ngx_xmpp_federation_verify_chain(ngx_xmpp_federation_srv_conf_t *conf,
+    ngx_xmpp_federation_ctx_t *ctx, X509_STORE_CTX *xs, ngx_log_t *log);
 
 /* ngx_xmpp_federation_sasl.c */
 ngx_int_t ngx_xmpp_federation_sasl_usable(ngx_stream_session_t *s,

@@ -39,6 +39,8 @@ static char *ngx_xmpp_federation_server(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_xmpp_federation(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_xmpp_federation_verify_cache(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_xmpp_federation_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
@@ -240,6 +242,13 @@ static ngx_command_t  ngx_xmpp_federation_commands[] = {
       ngx_conf_set_num_slot,
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_xmpp_federation_srv_conf_t, verify_depth),
+      NULL },
+
+    { ngx_string("xmpp_federation_verify_cache"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE12,
+      ngx_xmpp_federation_verify_cache,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
       NULL },
 
     /* inside xmpp_federation_partner { } */
@@ -584,6 +593,8 @@ ngx_xmpp_federation_create_srv_conf(ngx_conf_t *cf)
     fscf->certificates = NGX_CONF_UNSET_PTR;
     fscf->certificate_keys = NGX_CONF_UNSET_PTR;
     fscf->verify_depth = NGX_CONF_UNSET;
+    fscf->verify_cache = NGX_CONF_UNSET_UINT;
+    fscf->verify_cache_valid = NGX_CONF_UNSET;
 
     return fscf;
 }
@@ -1010,6 +1021,68 @@ ngx_xmpp_federation(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     cscf->handler = ngx_xmpp_federation_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* xmpp_federation_verify_cache off | number [valid=time]; */
+
+static char *
+ngx_xmpp_federation_verify_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_xmpp_federation_srv_conf_t *fscf = conf;
+
+    time_t      valid;
+    ngx_int_t   n;
+    ngx_str_t  *value, s;
+
+    if (fscf->verify_cache != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (cf->args->nelts > 2) {
+            return "takes no \"valid\" when \"off\"";
+        }
+
+        fscf->verify_cache = 0;
+        return NGX_CONF_OK;
+    }
+
+    n = ngx_atoi(value[1].data, value[1].len);
+    if (n == NGX_ERROR || n == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of chains \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    fscf->verify_cache = n;
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[2].data, "valid=", 6) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    s.data = value[2].data + 6;
+    s.len = value[2].len - 6;
+
+    valid = ngx_parse_time(&s, 1);
+    if (valid == (time_t) NGX_ERROR || valid == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid time \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    fscf->verify_cache_valid = valid;
 
     return NGX_CONF_OK;
 }

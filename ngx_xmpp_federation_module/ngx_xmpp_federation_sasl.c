@@ -131,8 +131,8 @@ ngx_xmpp_federation_chain(ngx_connection_t *c,
 
     X509_STORE_CTX_set_depth(xs, fscf->verify_depth);
 
-    err = (X509_verify_cert(xs) == 1) ? X509_V_OK
-                                       : X509_STORE_CTX_get_error(xs);
+    err = (ngx_xmpp_federation_verify_chain(fscf, ctx, xs, c->log) == 1)
+          ? X509_V_OK : X509_STORE_CTX_get_error(xs);
 
     X509_STORE_CTX_free(xs);
 
@@ -347,8 +347,10 @@ ngx_xmpp_federation_auth(ngx_stream_session_t *s,
     ctx->sasl_offered = 0;
 
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "SASL EXTERNAL: \"%V\" authenticated for \"%V\"",
-                  &pair->remote, &pair->local);
+                  "SASL EXTERNAL: \"%V\" authenticated for \"%V\"%s",
+                  &pair->remote, &pair->local,
+                  ctx->cert_cached ? " (certificate chain verified earlier)"
+                                   : "");
 
     if (ngx_xmpp_federation_out(ctx, (u_char *)
             "<success xmlns='" NGX_XMPP_FEDERATION_NS_SASL "'/>",

@@ -21,6 +21,14 @@
 
 
 static int ngx_xmpp_federation_verify_any(int ok, X509_STORE_CTX *store);
+static int ngx_xmpp_federation_cert_verify(X509_STORE_CTX *xs, void *arg);
+static ngx_int_t ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs,
+    u_char *key);
+static void ngx_xmpp_federation_verdict_keep(
+    ngx_xmpp_federation_srv_conf_t *conf, X509_STORE_CTX *xs, u_char *key,
+    ngx_log_t *log);
+static ngx_int_t ngx_xmpp_federation_asn1_time(const ASN1_TIME *asn1,
+    time_t now, time_t *t);
 static void ngx_xmpp_federation_handshake_handler(ngx_connection_t *c);
 
 
@@ -43,6 +51,9 @@ ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
     ngx_conf_merge_str_value(conf->ciphers, prev->ciphers,
                              "HIGH:!aNULL:!MD5");
     ngx_conf_merge_value(conf->verify_depth, prev->verify_depth, 3);
+    ngx_conf_merge_uint_value(conf->verify_cache, prev->verify_cache, 0);
+    ngx_conf_merge_sec_value(conf->verify_cache_valid,
+                             prev->verify_cache_valid, 300);
 
     if (conf->mode == NGX_XMPP_FEDERATION_OFF) {
         return NGX_CONF_OK;
@@ -128,6 +139,18 @@ ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
     SSL_CTX_set_verify(conf->ssl.ctx, SSL_VERIFY_PEER,
                        ngx_xmpp_federation_verify_any);
 
+    if (conf->verify_cache && conf->trusted_certificate.len) {
+        conf->verdicts = ngx_pcalloc(cf->pool, conf->verify_cache
+                                     * sizeof(ngx_xmpp_federation_verdict_t));
+        if (conf->verdicts == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        SSL_CTX_set_cert_verify_callback(conf->ssl.ctx,
+                                         ngx_xmpp_federation_cert_verify,
+                                         conf);
+    }
+
     ngx_str_set(&sess, "xmpp_federation");
 
     if (ngx_ssl_session_cache(&conf->ssl, &sess, conf->certificates,
@@ -171,6 +194,266 @@ ngx_xmpp_federation_verify_any(int ok, X509_STORE_CTX *store)
     }
 
     return 1;
+}
+
+
+/*
+ * Our handshake's chain verification, through the cache of verdicts
+ * (xmpp_federation_verify_cache)
+ */
+
+static int
+ngx_xmpp_federation_cert_verify(X509_STORE_CTX *xs, void *arg)
+{
+    SSL                        *ssl;
+    ngx_connection_t           *c;
+    ngx_stream_session_t       *s;
+    ngx_xmpp_federation_ctx_t  *ctx;
+
+    ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+    c = ngx_ssl_get_connection(ssl);
+    s = c->data;
+
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
+
+    return ngx_xmpp_federation_verify_chain(arg, ctx, xs, c->log);
+}
+
+
+/*
+ * X509_verify_cert() of a chain, or its verdict kept from an earlier
+ * stream.  The verdict of a chain depends on its certificates, this
+ * server's store (trusted certificates, CRLs, depth: fixed for a worker's
+ * life) and the time: only a chain that verified without any error is
+ * kept, keyed by its certificates as the peer sent them, for as long as
+ * every certificate of the verified chain and every CRL is still valid,
+ * and no longer than "valid".  A handshake still proves the peer holds
+ * the certificate's key (CertificateVerify); only the chain's signatures,
+ * validity and revocation are not checked again.
+ */
+
+int
+ngx_xmpp_federation_verify_chain(ngx_xmpp_federation_srv_conf_t *conf,
+    ngx_xmpp_federation_ctx_t *ctx, X509_STORE_CTX *xs, ngx_log_t *log)
+{
+    int                             rc;
+    time_t                          now;
+    ngx_uint_t                      i;
+    ngx_xmpp_federation_verdict_t  *v;
+    u_char                          key[32];
+
+    if (conf->verdicts == NULL || ctx == NULL
+        || ngx_xmpp_federation_chain_key(xs, key) != NGX_OK)
+    {
+        return X509_verify_cert(xs);
+    }
+
+    now = ngx_time();
+
+    for (i = 0; i < conf->verify_cache; i++) {
+        v = &conf->verdicts[i];
+
+        if (v->until == 0 || ngx_memcmp(v->key, key, sizeof(key)) != 0) {
+            continue;
+        }
+
+        if (now < v->from || now >= v->until) {
+            /* out of date: verified again, and kept again if it passes */
+            v->until = 0;
+            break;
+        }
+
+        v->used = ++conf->verdict_stamp;
+        ctx->cert_cached = 1;
+
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, log, 0,
+                       "xmpp tls: certificate chain verified earlier");
+
+        X509_STORE_CTX_set_error(xs, X509_V_OK);
+
+        return 1;
+    }
+
+    rc = X509_verify_cert(xs);
+
+    /* our handshake's callback lets errors through: it keeps the first */
+
+    if (rc == 1 && X509_STORE_CTX_get_error(xs) == X509_V_OK
+        && ctx->cert_error == X509_V_OK)
+    {
+        ngx_xmpp_federation_verdict_keep(conf, xs, key, log);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
+{
+    int              i, n;
+    X509            *x;
+    ngx_int_t        rc;
+    EVP_MD_CTX      *md;
+    unsigned int     len;
+    STACK_OF(X509)  *sent;
+    u_char           digest[EVP_MAX_MD_SIZE];
+
+    md = EVP_MD_CTX_new();
+    if (md == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = NGX_ERROR;
+
+    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        goto done;
+    }
+
+    /* the certificate to verify, then all the peer sent besides */
+
+    sent = X509_STORE_CTX_get0_untrusted(xs);
+    n = sent ? sk_X509_num(sent) : 0;
+
+    for (i = -1; i < n; i++) {
+        x = (i < 0) ? X509_STORE_CTX_get0_cert(xs) : sk_X509_value(sent, i);
+
+        if (x == NULL
+            || X509_digest(x, EVP_sha256(), digest, &len) != 1
+            || EVP_DigestUpdate(md, digest, len) != 1)
+        {
+            goto done;
+        }
+    }
+
+    if (EVP_DigestFinal_ex(md, key, &len) == 1 && len == 32) {
+        rc = NGX_OK;
+    }
+
+done:
+
+    EVP_MD_CTX_free(md);
+
+    return rc;
+}
+
+
+static void
+ngx_xmpp_federation_verdict_keep(ngx_xmpp_federation_srv_conf_t *conf,
+    X509_STORE_CTX *xs, u_char *key, ngx_log_t *log)
+{
+    int                             i, n;
+    X509                           *x;
+    time_t                          now, from, until, t;
+    X509_CRL                       *crl;
+    ngx_uint_t                      k;
+    X509_OBJECT                    *obj;
+    const ASN1_TIME                *next;
+    STACK_OF(X509)                 *chain;
+    STACK_OF(X509_OBJECT)          *objs;
+    ngx_xmpp_federation_verdict_t  *v, *lru;
+
+    now = ngx_time();
+    from = 0;
+    until = now + conf->verify_cache_valid;
+
+    chain = X509_STORE_CTX_get0_chain(xs);
+    n = chain ? sk_X509_num(chain) : 0;
+
+    if (n == 0) {
+        return;
+    }
+
+    for (i = 0; i < n; i++) {
+        x = sk_X509_value(chain, i);
+
+        if (ngx_xmpp_federation_asn1_time(X509_get0_notBefore(x), now, &t)
+            != NGX_OK)
+        {
+            return;
+        }
+
+        from = ngx_max(from, t);
+
+        if (ngx_xmpp_federation_asn1_time(X509_get0_notAfter(x), now, &t)
+            != NGX_OK)
+        {
+            return;
+        }
+
+        until = ngx_min(until, t);
+    }
+
+    /* a CRL out of date fails a chain: the verdict ends before */
+
+    objs = X509_STORE_get0_objects(X509_STORE_CTX_get0_store(xs));
+    n = objs ? sk_X509_OBJECT_num(objs) : 0;
+
+    for (i = 0; i < n; i++) {
+        obj = sk_X509_OBJECT_value(objs, i);
+
+        if (X509_OBJECT_get_type(obj) != X509_LU_CRL) {
+            continue;
+        }
+
+        crl = X509_OBJECT_get0_X509_CRL(obj);
+        next = crl ? X509_CRL_get0_nextUpdate(crl) : NULL;
+
+        if (next == NULL) {
+            continue;
+        }
+
+        if (ngx_xmpp_federation_asn1_time(next, now, &t) != NGX_OK) {
+            return;
+        }
+
+        until = ngx_min(until, t);
+    }
+
+    if (now < from || now >= until) {
+        return;
+    }
+
+    /* a free entry, or the least recently used */
+
+    lru = &conf->verdicts[0];
+
+    for (k = 0; k < conf->verify_cache; k++) {
+        v = &conf->verdicts[k];
+
+        if (v->until == 0 || now >= v->until) {
+            lru = v;
+            break;
+        }
+
+        if (v->used < lru->used) {
+            lru = v;
+        }
+    }
+
+    ngx_memcpy(lru->key, key, sizeof(lru->key));
+    lru->from = from;
+    lru->until = until;
+    lru->used = ++conf->verdict_stamp;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, log, 0,
+                   "xmpp tls: certificate chain verdict kept for %T s",
+                   until - now);
+}
+
+
+static ngx_int_t
+ngx_xmpp_federation_asn1_time(const ASN1_TIME *asn1, time_t now, time_t *t)
+{
+    int  days, secs;
+
+    if (asn1 == NULL || ASN1_TIME_diff(&days, &secs, NULL, asn1) != 1) {
+        return NGX_ERROR;
+    }
+
+    *t = now + (time_t) days * 86400 + secs;
+
+    return NGX_OK;
 }
 
 

@@ -20,7 +20,7 @@ use Test::Nginx::Stream qw/ stream /;
 select STDERR; $| = 1;
 select STDOUT; $| = 1;
 
-my $t = Test::Nginx->new()->has(qw/stream/)->plan(112);
+my $t = Test::Nginx->new()->has(qw/stream/)->plan(120);
 
 my $dir = $t->testdir();
 my $n = 0;
@@ -636,6 +636,34 @@ deny all;
 EOF
 
 ok($ok && $out !~ /\[(?:warn|emerg)\]/, 'outbound with an upstream accepted')
+	or diag($out);
+
+###############################################################################
+
+# xmpp_federation_verify_cache
+
+($ok, $out) = check(after => 'xmpp_federation_verify_cache 64 valid=10m;');
+ok($ok && $out !~ /\[(?:warn|emerg)\]/, 'verify_cache 64 valid=10m accepted')
+	or diag($out);
+
+($ok, $out) = check(after => 'xmpp_federation_verify_cache off;');
+ok($ok, 'verify_cache off accepted') or diag($out);
+
+for my $bad ([ '0', 'invalid number of chains "0"' ],
+	[ 'many', 'invalid number of chains "many"' ],
+	[ '8 valid=soon', 'invalid time "valid=soon"' ],
+	[ '8 for=10m', 'invalid parameter "for=10m"' ],
+	[ 'off valid=1s', '"xmpp_federation_verify_cache" directive takes'
+		. ' no "valid" when "off"' ])
+{
+	($ok, $out) = check(after => "xmpp_federation_verify_cache $bad->[0];");
+	ok(!$ok && $out =~ emerg($bad->[1]), "verify_cache $bad->[0] refused")
+		or diag($out);
+}
+
+($ok, $out) = check(after => "xmpp_federation_verify_cache 8;\n"
+	. "xmpp_federation_verify_cache 16;");
+ok(!$ok && $out =~ /is duplicate/, 'verify_cache twice refused')
 	or diag($out);
 
 ###############################################################################
