@@ -375,18 +375,21 @@ stream {
     }
 
     # the edge: STARTTLS, SASL EXTERNAL, then the hand-off to the gateway
-    # on a gateway stream kept from an earlier session when there is one
+    # on a gateway stream kept from an earlier session when there is one;
+    # the verdict on the client's chain kept from an earlier session
     server {
         listen 127.0.0.1:$port{tedge};
         xmpp_federation inbound;
         xmpp_federation_pass 127.0.0.1:$port{tsink};
         xmpp_federation_pass_keepalive 16;
+        xmpp_federation_verify_cache 16;
         xmpp_federation_certificate $pki/contoso.pem;
         xmpp_federation_certificate_key $pki/contoso.key;
         xmpp_federation_trusted_certificate $pki/ca.pem;
     }
 
-    # the same, with a new gateway stream (connection, dialback) each time
+    # the same, with a new gateway stream (connection, dialback) and the
+    # chain verified each time
     server {
         listen 127.0.0.1:$port{tfresh};
         xmpp_federation inbound;
@@ -496,7 +499,7 @@ EOF
 
 	my %label = (
 		edge => 'edge: session',
-		fresh => '(edge, no keepalive)',
+		fresh => '(edge, nothing kept)',
 		stock => 'stock TLS handshake',
 		tickets => '(stock, tickets on)',
 		verified => '(stock, verify on)',
@@ -519,9 +522,11 @@ EOF
 		. " EXTERNAL, stream header, one stanza; established when the"
 		. " gateway\n  has the stanza; then the partner's stream"
 		. " ends. Hand-off: on a gateway stream kept from an\n  earlier"
-		. " session (xmpp_federation_pass_keepalive 16), or (no"
-		. " keepalive) a new\n  connection, stream header, db:result"
-		. " and the gateway's db:verify each time\n";
+		. " session (xmpp_federation_pass_keepalive 16); the chain's"
+		. " verdict kept\n  from an earlier session"
+		. " (xmpp_federation_verify_cache 16). (nothing kept): a new\n"
+		. "  connection, stream header, db:result and the gateway's"
+		. " db:verify, and the chain\n  verified, each time\n";
 	$out .= "stock handshake: TCP, TLS handshake with the client"
 		. " certificate (optional_no_ca), the one\n  byte of"
 		. " \"return\", close; context: session tickets on, or the"
@@ -543,8 +548,8 @@ EOF
 	$out .= "\n";
 	$out .= sprintf "session rate ratio edge/stock: %.3f (target >= 0.8:"
 		. " %s)\n", $ratio, $ratio >= 0.8 ? 'met' : 'NOT met';
-	$out .= sprintf "  without xmpp_federation_pass_keepalive: %.3f\n",
-		$fresh_ratio;
+	$out .= sprintf "  without xmpp_federation_pass_keepalive and"
+		. " xmpp_federation_verify_cache: %.3f\n", $fresh_ratio;
 	$out .= sprintf "worker CPU per session, edge/stock: %.2f; stock/edge"
 		. " %.3f is the rate ratio\n  if the worker alone were the"
 		. " limit\n", 1 / $cpu_ratio, $cpu_ratio;
@@ -565,7 +570,7 @@ EOF
 	}
 
 	$out .= count_report($counted, 'session',
-		edge => 'edge: session', fresh => '(edge, no keepalive)',
+		edge => 'edge: session', fresh => '(edge, nothing kept)',
 		stock => 'stock TLS handshake',
 		verified => '(stock, verify on)')
 		if $counted;
