@@ -133,6 +133,8 @@ typedef struct {
  * and when the verdict holds (the chain's validity, the CRLs' next
  * update, the cache's "valid")
  */
+#define NGX_XMPP_FEDERATION_VERDICT_WAYS  4
+
 typedef struct {
     u_char                          key[32];
     time_t                          from;

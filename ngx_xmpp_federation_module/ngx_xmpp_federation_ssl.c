@@ -24,6 +24,8 @@ static int ngx_xmpp_federation_verify_any(int ok, X509_STORE_CTX *store);
 static int ngx_xmpp_federation_cert_verify(X509_STORE_CTX *xs, void *arg);
 static ngx_int_t ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs,
     u_char *key);
+static ngx_xmpp_federation_verdict_t *ngx_xmpp_federation_verdict_set(
+    ngx_xmpp_federation_srv_conf_t *conf, u_char *key, ngx_uint_t *ways);
 static void ngx_xmpp_federation_verdict_keep(
     ngx_xmpp_federation_srv_conf_t *conf, X509_STORE_CTX *xs, u_char *key,
     ngx_log_t *log);
@@ -238,8 +240,8 @@ ngx_xmpp_federation_verify_chain(ngx_xmpp_federation_srv_conf_t *conf,
 {
     int                             rc;
     time_t                          now;
-    ngx_uint_t                      i;
-    ngx_xmpp_federation_verdict_t  *v;
+    ngx_uint_t                      i, ways;
+    ngx_xmpp_federation_verdict_t  *v, *set;
     u_char                          key[32];
 
     if (conf->verdicts == NULL || ctx == NULL
@@ -249,9 +251,10 @@ ngx_xmpp_federation_verify_chain(ngx_xmpp_federation_srv_conf_t *conf,
     }
 
     now = ngx_time();
+    set = ngx_xmpp_federation_verdict_set(conf, key, &ways);
 
-    for (i = 0; i < conf->verify_cache; i++) {
-        v = &conf->verdicts[i];
+    for (i = 0; i < ways; i++) {
+        v = &set[i];
 
         if (v->until == 0 || ngx_memcmp(v->key, key, sizeof(key)) != 0) {
             continue;
@@ -285,6 +288,26 @@ ngx_xmpp_federation_verify_chain(ngx_xmpp_federation_srv_conf_t *conf,
     }
 
     return rc;
+}
+
+
+/*
+ * The entries a key may take: a few (least recently used out), found by
+ * the key's first bytes, which are a digest's; not one long search per
+ * handshake in a large cache
+ */
+
+static ngx_xmpp_federation_verdict_t *
+ngx_xmpp_federation_verdict_set(ngx_xmpp_federation_srv_conf_t *conf,
+    u_char *key, ngx_uint_t *ways)
+{
+    uint64_t  h;
+
+    *ways = ngx_min(conf->verify_cache, NGX_XMPP_FEDERATION_VERDICT_WAYS);
+
+    ngx_memcpy(&h, key, sizeof(h));
+
+    return &conf->verdicts[(h % (conf->verify_cache / *ways)) * *ways];
 }
 
 
@@ -346,12 +369,12 @@ ngx_xmpp_federation_verdict_keep(ngx_xmpp_federation_srv_conf_t *conf,
     X509                           *x;
     time_t                          now, from, until, t;
     X509_CRL                       *crl;
-    ngx_uint_t                      k;
+    ngx_uint_t                      k, ways;
     X509_OBJECT                    *obj;
     const ASN1_TIME                *next;
     STACK_OF(X509)                 *chain;
     STACK_OF(X509_OBJECT)          *objs;
-    ngx_xmpp_federation_verdict_t  *v, *lru;
+    ngx_xmpp_federation_verdict_t  *v, *lru, *set;
 
     now = ngx_time();
     from = 0;
@@ -414,12 +437,13 @@ ngx_xmpp_federation_verdict_keep(ngx_xmpp_federation_srv_conf_t *conf,
         return;
     }
 
-    /* a free entry, or the least recently used */
+    /* a free entry of the key's, or the least recently used */
 
-    lru = &conf->verdicts[0];
+    set = ngx_xmpp_federation_verdict_set(conf, key, &ways);
+    lru = &set[0];
 
-    for (k = 0; k < conf->verify_cache; k++) {
-        v = &conf->verdicts[k];
+    for (k = 0; k < ways; k++) {
+        v = &set[k];
 
         if (v->until == 0 || now >= v->until) {
             lru = v;

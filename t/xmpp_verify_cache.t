@@ -135,7 +135,7 @@ stream {
 EOF
 
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation_verify_cache')->plan(27);
+$t->try_run('no xmpp_federation_verify_cache')->plan(30);
 
 $t->waitforsocket('127.0.0.1:' . port(8091));
 
@@ -259,5 +259,11 @@ is(verdicts(), '12/4', 'no xmpp_federation_verify_cache: never kept');
 is(external('good', port => 8084, direct => 1), 1, 'direct TLS: accepted');
 is(external('good', port => 8084, direct => 1), 1, 'direct TLS again');
 is(verdicts(), '14/5', 'direct TLS: the verdict kept');
+
+# room for four: another chain does not push the first out
+
+is(external('other', port => 8084, direct => 1), 1, 'direct TLS, another');
+is(external('good', port => 8084, direct => 1), 1, 'direct TLS, the first');
+is(verdicts(), '16/6', 'four places: the first kept beside another');
 
 ###############################################################################
