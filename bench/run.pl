@@ -26,7 +26,7 @@
 # profile of the worker during one extra run of BENCH_PERF_CASE (edge, the
 # default, or stock); sessions: BENCH_SESSIONS (sessions per run, default
 # 2000), BENCH_PARALLEL (clients at once, default 8), BENCH_SESSION_RUNS
-# (runs per case, default 3), BENCH_KEY (ec, the default: ECDSA P-256, or
+# (runs per case, default 5), BENCH_KEY (ec, the default: ECDSA P-256, or
 # rsa: RSA 2048, for every certificate); memory: BENCH_IDLE_STREAMS
 # (default 10000); BENCH_COUNT=1: relay and sessions also count the
 # instructions nginx executes in user space, under callgrind (valgrind),
@@ -319,7 +319,7 @@ EOF
 sub sessions_part {
 	my $n = $ENV{BENCH_SESSIONS} || 2000;
 	my $par = $ENV{BENCH_PARALLEL} || 8;
-	my $sruns = $ENV{BENCH_SESSION_RUNS} || 3;
+	my $sruns = $ENV{BENCH_SESSION_RUNS} || 5;
 	my $type = ($ENV{BENCH_KEY} // 'ec') eq 'rsa' ? 'rsa' : 'ec';
 
 	my $pki = make_pki($type);
