@@ -117,6 +117,10 @@ stream {
         xmpp_federation_certificate $cert{contoso}{cert};
         xmpp_federation_certificate_key $cert{contoso}{key};
         xmpp_federation_trusted_certificate $ca;
+
+        # a chain's verdict is kept: the names are still checked each
+        # time, so the certificate for the wrong domain stays refused
+        xmpp_federation_verify_cache 16;
     }
 
     server {
