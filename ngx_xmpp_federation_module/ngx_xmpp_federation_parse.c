@@ -1250,42 +1250,34 @@ static uint32_t  ngx_xmpp_federation_value_plain[] = {
 };
 
 
-static uint32_t  ngx_xmpp_federation_name_start[] = {
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+/* names in ASCII: 1 can start one, 2 can be in one; 4 is whitespace */
 
-                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-
-                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
-    0x87fffffe, /* 1000 0111 1111 1111  1111 1111 1111 1110 */
-
-                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
-    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
-
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+static u_char  ngx_xmpp_federation_class[] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 0, 0, 4, 0, 0,  /* 00    \t \n \r */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 10 */
+    4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0,  /* 20 sp - . */
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0,  /* 30 0-9 */
+    0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,  /* 40 A-O */
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 3,  /* 50 P-Z _ */
+    0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,  /* 60 a-o */
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0,  /* 70 p-z */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 80 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 90 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* a0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* b0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* c0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* d0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* e0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0   /* f0 */
 };
 
 
-static uint32_t  ngx_xmpp_federation_name_char[] = {
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-
-                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
-    0x03ff6000, /* 0000 0011 1111 1111  0110 0000 0000 0000 */
-
-                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
-    0x87fffffe, /* 1000 0111 1111 1111  1111 1111 1111 1110 */
-
-                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
-    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
-
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-};
+#define ngx_xmpp_federation_name_start(ch)                                    \
+    (ngx_xmpp_federation_class[ch] & 1)
+#define ngx_xmpp_federation_name_char(ch)                                     \
+    (ngx_xmpp_federation_class[ch] & 2)
+#define ngx_xmpp_federation_space(ch)                                         \
+    (ngx_xmpp_federation_class[ch] & 4)
 
 
 #define ngx_xmpp_federation_in(set, ch)                                       \
@@ -1389,10 +1381,18 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
 
     for ( ;; ) {
 
-        pos = ngx_xmpp_federation_scan_text(pos, last);
-
         if (pos == last) {
             return NGX_AGAIN;
+        }
+
+        if (*pos != '<') {
+            /* text; between tags there is mostly none */
+
+            pos = ngx_xmpp_federation_scan_text(pos, last);
+
+            if (pos == last) {
+                return NGX_AGAIN;
+            }
         }
 
         switch (*pos) {
@@ -1451,7 +1451,9 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
                 return NGX_DECLINED;
             }
 
-            for (pos += len; pos < last && ngx_xmpp_federation_ws(*pos); pos++)
+            for (pos += len;
+                 pos < last && ngx_xmpp_federation_space(*pos);
+                 pos++)
             {
                 /* void */
             }
@@ -1518,15 +1520,13 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     /* "<!", "<?", a prefix, a name not in ASCII: expat's */
 
-    if (!ngx_xmpp_federation_in(ngx_xmpp_federation_name_start, *s)) {
+    if (!ngx_xmpp_federation_name_start(*s)) {
         return NGX_DECLINED;
     }
 
     name->name = s;
 
-    while (++s < last && ngx_xmpp_federation_in(ngx_xmpp_federation_name_char,
-                                                *s))
-    {
+    while (++s < last && ngx_xmpp_federation_name_char(*s)) {
         /* void */
     }
 
@@ -1571,7 +1571,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     for ( ;; ) {
 
-        for (ws = 0; s < last && ngx_xmpp_federation_ws(*s); s++) {
+        for (ws = 0; s < last && ngx_xmpp_federation_space(*s); s++) {
             ws = 1;
         }
 
@@ -1597,16 +1597,13 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
             return NGX_DONE;
         }
 
-        if (!ws || !ngx_xmpp_federation_in(ngx_xmpp_federation_name_start, *s))
-        {
+        if (!ws || !ngx_xmpp_federation_name_start(*s)) {
             return NGX_DECLINED;
         }
 
         attr = s;
 
-        while (++s < last
-               && ngx_xmpp_federation_in(ngx_xmpp_federation_name_char, *s))
-        {
+        while (++s < last && ngx_xmpp_federation_name_char(*s)) {
             /* void */
         }
 
@@ -1626,14 +1623,11 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
                 return NGX_AGAIN;
             }
 
-            if (!ngx_xmpp_federation_in(ngx_xmpp_federation_name_start, *s)) {
+            if (!ngx_xmpp_federation_name_start(*s)) {
                 return NGX_DECLINED;
             }
 
-            while (++s < last
-                   && ngx_xmpp_federation_in(ngx_xmpp_federation_name_char,
-                                             *s))
-            {
+            while (++s < last && ngx_xmpp_federation_name_char(*s)) {
                 /* void */
             }
 
@@ -1663,7 +1657,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
         attrs[n].len = len;
         n++;
 
-        while (s < last && ngx_xmpp_federation_ws(*s)) {
+        while (s < last && ngx_xmpp_federation_space(*s)) {
             s++;
         }
 
@@ -1675,7 +1669,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
             return NGX_DECLINED;
         }
 
-        while (s < last && ngx_xmpp_federation_ws(*s)) {
+        while (s < last && ngx_xmpp_federation_space(*s)) {
             s++;
         }
 
@@ -2034,6 +2028,11 @@ ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
 
     if (avx2 && last - pos >= 64) {
         pos = ngx_xmpp_federation_scan_text_avx2(pos, last);
+
+        if (last - pos >= 64) {
+            /* found */
+            return pos;
+        }
     }
 #endif
 
@@ -2087,15 +2086,15 @@ ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
 #if (NGX_XMPP_FEDERATION_AVX2)
 
 /*
- * The same test as the SSE2 loop above, 64 bytes at a time; it stops
- * before the last 64 bytes or at the 64 that hold a byte to look at,
- * and leaves the rest to the SSE2 loop.
+ * The same test as the SSE2 loop above, 64 bytes at a time: the byte to
+ * look at, or the last 63 bytes or fewer, left to the SSE2 loop.
  */
 
 static u_char *
 ngx_xmpp_federation_scan_text_avx2(u_char *pos, u_char *last)
 {
-    __m256i  a, b, m, n, one, low, gt, two, amp;
+    uint64_t  mask;
+    __m256i   a, b, m, n, x, one, low, gt, two, amp;
 
     one = _mm256_set1_epi8(1);
     low = _mm256_set1_epi8(0x21);
@@ -2121,10 +2120,13 @@ ngx_xmpp_federation_scan_text_avx2(u_char *pos, u_char *last)
                                                   gt)),
                 _mm256_cmpeq_epi8(b, amp));
 
-        m = _mm256_or_si256(m, n);
+        x = _mm256_or_si256(m, n);
 
-        if (!_mm256_testz_si256(m, m)) {
-            break;
+        if (!_mm256_testz_si256(x, x)) {
+            mask = (uint32_t) _mm256_movemask_epi8(m)
+                   | (uint64_t) (uint32_t) _mm256_movemask_epi8(n) << 32;
+
+            return pos + __builtin_ctzll(mask);
         }
 
         pos += 64;
