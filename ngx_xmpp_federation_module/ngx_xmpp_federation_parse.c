@@ -2086,50 +2086,56 @@ ngx_xmpp_federation_scan_text(u_char *pos, u_char *last)
 #if (NGX_XMPP_FEDERATION_AVX2)
 
 /*
- * The same test as the SSE2 loop above, 64 bytes at a time: the byte to
- * look at, or the last 63 bytes or fewer, left to the SSE2 loop.
+ * The same test as the SSE2 loop above, 64 bytes at a time, by the two
+ * halves of each byte: a byte is to be looked at when the class of its
+ * high half and that of its low half share a bit.
+ *
+ *   1  high half 0, 1 (controls), 8 to f (not ASCII); any low half
+ *   2  high half 2, low half 6: '&'
+ *   4  high half 3, low half c or e: '<', '>'
+ *   8  high half 7, low half f: DEL
+ *
+ * The byte to look at is returned, or where the last 63 bytes or fewer
+ * begin, left to the SSE2 loop.
  */
 
 static u_char *
 ngx_xmpp_federation_scan_text_avx2(u_char *pos, u_char *last)
 {
-    uint64_t  mask;
-    __m256i   a, b, m, n, x, one, low, gt, two, amp;
+    u_char    *end;
+    uint64_t   mask;
+    __m256i    a, b, ha, hb, la, lb, high, low, nibble, zero;
 
-    one = _mm256_set1_epi8(1);
-    low = _mm256_set1_epi8(0x21);
-    two = _mm256_set1_epi8(2);
-    gt = _mm256_set1_epi8('>');
-    amp = _mm256_set1_epi8('&');
+    high = _mm256_setr_epi8(1, 1, 2, 4, 0, 0, 0, 8, 1, 1, 1, 1, 1, 1, 1, 1,
+                            1, 1, 2, 4, 0, 0, 0, 8, 1, 1, 1, 1, 1, 1, 1, 1);
+    low = _mm256_setr_epi8(1, 1, 1, 1, 1, 1, 3, 1, 1, 1, 1, 1, 5, 1, 5, 9,
+                           1, 1, 1, 1, 1, 1, 3, 1, 1, 1, 1, 1, 5, 1, 5, 9);
+    nibble = _mm256_set1_epi8(0x0f);
 
-    while (last - pos >= 64) {
+    for (end = last - 64; pos <= end; pos += 64) {
         a = _mm256_loadu_si256((const __m256i *) pos);
         b = _mm256_loadu_si256((const __m256i *) (pos + 32));
 
-        m = _mm256_or_si256(
-                _mm256_or_si256(_mm256_cmpgt_epi8(low,
-                                                  _mm256_add_epi8(a, one)),
-                                _mm256_cmpeq_epi8(_mm256_or_si256(a, two),
-                                                  gt)),
-                _mm256_cmpeq_epi8(a, amp));
+        ha = _mm256_shuffle_epi8(high,
+                 _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble));
+        la = _mm256_shuffle_epi8(low, _mm256_and_si256(a, nibble));
+        hb = _mm256_shuffle_epi8(high,
+                 _mm256_and_si256(_mm256_srli_epi16(b, 4), nibble));
+        lb = _mm256_shuffle_epi8(low, _mm256_and_si256(b, nibble));
 
-        n = _mm256_or_si256(
-                _mm256_or_si256(_mm256_cmpgt_epi8(low,
-                                                  _mm256_add_epi8(b, one)),
-                                _mm256_cmpeq_epi8(_mm256_or_si256(b, two),
-                                                  gt)),
-                _mm256_cmpeq_epi8(b, amp));
-
-        x = _mm256_or_si256(m, n);
-
-        if (!_mm256_testz_si256(x, x)) {
-            mask = (uint32_t) _mm256_movemask_epi8(m)
-                   | (uint64_t) (uint32_t) _mm256_movemask_epi8(n) << 32;
-
-            return pos + __builtin_ctzll(mask);
+        if (_mm256_testz_si256(ha, la) && _mm256_testz_si256(hb, lb)) {
+            continue;
         }
 
-        pos += 64;
+        zero = _mm256_setzero_si256();
+
+        mask = ~((uint64_t) (uint32_t) _mm256_movemask_epi8(
+                     _mm256_cmpeq_epi8(_mm256_and_si256(ha, la), zero))
+                 | (uint64_t) (uint32_t) _mm256_movemask_epi8(
+                     _mm256_cmpeq_epi8(_mm256_and_si256(hb, lb), zero))
+                   << 32);
+
+        return pos + __builtin_ctzll(mask);
     }
 
     return pos;
