@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(100);
+$t->try_run('no xmpp_federation')->plan(113);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -407,6 +407,18 @@ is(passes(msg('p5', ('x' x 29) . "\xC3\xA9" . ('y' x 14) . "\xE2\x82\xAC"
 		. ('z' x 31) . "\xF0\x9F\x98\x80&amp;" . ('w' x 30) . '&lt;',
 		"a='" . ('v' x 15) . "\xC3\xA9" . ('u' x 14) . "\xF0\x9F\x98\x80'")),
 	'byte for byte', 'UTF-8 and references across 16 and 32 byte blocks');
+# each kind of byte the text scan stops at, at every offset of a 64-byte
+# block and past it: a reference, a tag, '>', DEL, a tab, UTF-8
+
+my $sweep = '';
+
+for my $special ('&amp;', '<b/>', '>', "\x7F", "\t", "\xC3\xA9") {
+	$sweep .= join '', map { msg("o$_", '<body>' . ('x' x $_) . $special
+		. ('y' x (140 - $_)) . '</body>') } 0 .. 70;
+}
+
+is(passes($sweep), 'byte for byte',
+	'bytes the text scan stops at, at offsets 0 to 70 of a body');
 is(passes(msg('p6', "<x xmlns='jabber:x:data' type='form'><field var='f'>"
 		. "<value>v</value></field></x><body>b</body>")),
 	'byte for byte', 'child with its own default namespace');
@@ -626,6 +638,18 @@ is(refused(msg('b51', '<body>&foo;</body>'), together => 1,
 is(refused("<message from='mallory\@litware.example' to='$TO'/>",
 		together => 1), 'invalid-from; the good stanza only',
 	'good stanza, then a spoofed one in the same write');
+
+# a control character and a stray UTF-8 continuation byte where the
+# text scan reads 64 and 32 bytes at a time
+
+for my $k (0, 31, 32, 63, 64, 100) {
+	is(refused(msg("c$k", '<body>' . ('x' x $k) . "\x01"
+			. ('y' x 140) . '</body>')), $NWF,
+		"control character at offset $k of a body: not-well-formed");
+	is(refused(msg("u$k", '<body>' . ('x' x $k) . "\x80"
+			. ('y' x 140) . '</body>')), $NWF,
+		"UTF-8 continuation byte alone at offset $k: not-well-formed");
+}
 
 # split: the scan waits, then expat decides
 
