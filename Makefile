@@ -176,6 +176,18 @@ $(BENCH_DIR)/expat_only: bench/expat_only.c
 	    | gcc -x c -o /dev/null - -lexpat 2>/dev/null && def=1; \
 	gcc -O2 -Wall -Wextra -DBENCH_REPARSE_DEFERRAL=$$def -o $@ $< -lexpat
 
+# the module's parser alone, compiled as the module is (the configured
+# nginx tree of the build, its CFLAGS)
+$(BENCH_DIR)/scan_only: bench/scan_only.c $(BUILD)/$(MODULE).so
+	@mkdir -p $(@D)
+	cd $(SRC_COPY) && \
+	gcc $$(sed -n 's/^CFLAGS *= *//p' objs/Makefile) \
+	    -I src/core -I src/event -I src/event/modules -I src/os/unix \
+	    -I objs -I src/stream -I $(TOP)/ngx_xmpp_federation_module \
+	    -o $@ $(TOP)/bench/scan_only.c \
+	    $(TOP)/ngx_xmpp_federation_module/ngx_xmpp_federation_parse.c \
+	    -lexpat
+
 $(BENCH_DIR)/xmpp_sessions: bench/xmpp_sessions.c \
     bench/bench_common.c bench/bench_common.h
 	@mkdir -p $(@D)
@@ -187,7 +199,8 @@ $(BENCH_DIR)/xmpp_idle: bench/xmpp_idle.c \
 	gcc -O2 -Wall -Wextra -o $@ bench/xmpp_idle.c bench/bench_common.c
 
 bench: build $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/expat_only \
-       $(BENCH_DIR)/xmpp_sessions $(BENCH_DIR)/xmpp_idle
+       $(BENCH_DIR)/xmpp_sessions $(BENCH_DIR)/xmpp_idle \
+       $(BENCH_DIR)/scan_only
 	@if [ -n "$(SANITIZE)" ]; then \
 	    echo "make bench measures the plain build: run it without SANITIZE"; \
 	    exit 1; \
@@ -195,7 +208,7 @@ bench: build $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/expat_only \
 	perl bench/run.pl $(NGINX_BIN) $(STREAM_SO) $(BUILD)/$(MODULE).so \
 	    $(BENCH_DIR)/xmpp_bench $(BENCH_DIR)/results.txt \
 	    $(BENCH_DIR)/expat_only $(BENCH_DIR)/xmpp_sessions \
-	    $(BENCH_DIR)/xmpp_idle
+	    $(BENCH_DIR)/xmpp_idle $(BENCH_DIR)/scan_only
 
 clean:
 	rm -rf build

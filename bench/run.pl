@@ -11,10 +11,11 @@
 #             connections of stock proxy_pass.
 #
 #   perl bench/run.pl NGINX STREAM_SO MODULE_SO XMPP_BENCH RESULTS \
-#       [EXPAT_ONLY [XMPP_SESSIONS [XMPP_IDLE]]]
+#       [EXPAT_ONLY [XMPP_SESSIONS [XMPP_IDLE [SCAN_ONLY]]]]
 #
 # EXPAT_ONLY, if given, also times expat alone on the same bytes in memory
-# (bench/expat_only.c), for context: it is not part of the ratio.
+# (bench/expat_only.c), for context: it is not part of the ratio; so does
+# SCAN_ONLY with the module's own parser (bench/scan_only.c).
 # XMPP_SESSIONS (bench/xmpp_sessions.c) and XMPP_IDLE (bench/xmpp_idle.c)
 # are the clients of the sessions and memory parts; without them, these
 # parts are left out.
@@ -46,16 +47,16 @@ select STDERR; $| = 1;
 select STDOUT; $| = 1;
 
 my ($nginx, $stream_so, $module_so, $bench, $results, $expat_only,
-	$sessions_bin, $idle_bin) = @ARGV;
+	$sessions_bin, $idle_bin, $scan_only) = @ARGV;
 die "usage: $0 NGINX STREAM_SO MODULE_SO XMPP_BENCH RESULTS"
-	. " [EXPAT_ONLY [XMPP_SESSIONS [XMPP_IDLE]]]\n"
+	. " [EXPAT_ONLY [XMPP_SESSIONS [XMPP_IDLE [SCAN_ONLY]]]]\n"
 	unless defined $results;
 
 ($nginx, $stream_so, $module_so, $bench, $results, $expat_only,
-	$sessions_bin, $idle_bin) =
+	$sessions_bin, $idle_bin, $scan_only) =
 	map { !defined || !length || m{^/} ? $_ : Cwd::getcwd() . "/$_" }
 	($nginx, $stream_so, $module_so, $bench, $results, $expat_only,
-	$sessions_bin, $idle_bin);
+	$sessions_bin, $idle_bin, $scan_only);
 
 -x $nginx or die "no nginx at $nginx\n";
 -f $stream_so or die "no stream module at $stream_so\n";
@@ -208,21 +209,14 @@ EOF
 			$ENV{BENCH_PERF_CASE} || 'edge');
 	}
 
-	my $expat;
+	my ($expat, $scan);
 
 	if ($expat_only) {
-		my @t;
+		$expat = in_memory("$expat_only $count $size 4096");
+	}
 
-		for (1 .. 3) {
-			my $line = `$expat_only $count $size 4096`;
-			die "expat_only failed\n"
-				if $? || $line !~ /seconds=([\d.]+)/;
-			push @t, $1;
-		}
-
-		my $secs = median(@t);
-		$expat = { mbs => $count * $size / 1e6 / $secs,
-			cpumb => $secs / ($count * $size / 1e6) };
+	if ($scan_only) {
+		$scan = in_memory("$scan_only $count $size");
 	}
 
 	stop_nginx();
@@ -279,6 +273,9 @@ EOF
 	$out .= sprintf "%-22s %12s %10.1f %14s %14.3f\n",
 		'(expat alone, memory)', '', $expat->{mbs}, '',
 		1000 * $expat->{cpumb} if $expat;
+	$out .= sprintf "%-22s %12s %10.1f %14s %14.3f\n",
+		'(scan alone, memory)', '', $scan->{mbs}, '',
+		1000 * $scan->{cpumb} if $scan;
 	$out .= "\n";
 	$out .= sprintf "throughput ratio edge/stock: %.3f (target >= 0.9:"
 		. " %s)\n", $ratio, $ratio >= 0.9 ? 'met' : 'NOT met';
@@ -917,6 +914,26 @@ sub memory_of {
 
 ###############################################################################
 # relay helpers
+
+# a parser alone on the relay's bytes in memory, for context: the median
+# of three runs, as MB per second and ms per MB
+
+sub in_memory {
+	my ($cmd) = @_;
+
+	my @t;
+
+	for (1 .. 3) {
+		my $line = `$cmd`;
+		die "$cmd failed\n" if $? || $line !~ /seconds=([\d.]+)/;
+		push @t, $1;
+	}
+
+	my $secs = median(@t);
+
+	return { mbs => $count * $size / 1e6 / $secs,
+		cpumb => $secs / ($count * $size / 1e6) };
+}
 
 sub run_case {
 	my ($case, $n) = @_;
