@@ -722,7 +722,7 @@ sub memory_part {
 	my $rp = $nw > 1 ? ' reuseport' : '';
 
 	$port{$_} = free_port()
-		for qw/ medge mverify msink mauth mstock msink2 /;
+		for qw/ medge mpre mverify msink mauth mstock msink2 /;
 
 	open my $fh, '>', "$dir/mem.conf" or die "$dir/mem.conf: $!\n";
 	print $fh <<"EOF";
@@ -760,6 +760,14 @@ stream {
         xmpp_federation_pass 127.0.0.1:$port{msink};
     }
 
+    # the same, with the stream header read in the preread phase
+    server {
+        listen 127.0.0.1:$port{mpre}$rp;
+        xmpp_federation inbound;
+        xmpp_federation_preread on;
+        xmpp_federation_pass 127.0.0.1:$port{msink};
+    }
+
     # the internal listener
     server {
         listen 127.0.0.1:$port{mverify}$rp;
@@ -783,19 +791,19 @@ EOF
 
 	my %r;
 
-	for my $case (qw/ edge stock /) {
+	for my $case (qw/ edge preread stock /) {
 		my @w = start_nginx('mem.conf', 'mem-error.log', $nw,
-			@port{qw/ medge mverify mstock /});
+			@port{qw/ medge mpre mverify mstock /});
 
 		sleep 0.5;
 		my $before = memory_of(@w);
 
-		my @cmd = $case eq 'edge'
-			? ($idle_bin, 'edge',
-				@port{qw/ medge mverify msink mauth /}, $n,
+		my @cmd = $case eq 'stock'
+			? ($idle_bin, 'stock', @port{qw/ mstock msink2 /}, $n,
 				$lanes)
-			: ($idle_bin, 'stock', @port{qw/ mstock msink2 /}, $n,
-				$lanes);
+			: ($idle_bin, 'edge', $port{$case eq 'edge' ? 'medge'
+				: 'mpre'}, @port{qw/ mverify msink mauth /},
+				$n, $lanes);
 
 		my $pid = open2(my $from, my $to, 'sh', '-c',
 			"exec @cmd 2>$dir/xmpp_idle.err");
@@ -835,7 +843,7 @@ EOF
 		$r{$case}{before} = $before;
 		$r{$case}{after} = $after;
 
-		printf "  %-5s %d streams in %.1f s: RSS %+.0f KiB, PSS %+.0f"
+		printf "  %-7s %d streams in %.1f s: RSS %+.0f KiB, PSS %+.0f"
 			. " KiB, VmData %+.0f KiB (workers, all), descriptors"
 			. " %s\n", $case, $n, $after->{seconds},
 			$after->{rss} - $before->{rss},
@@ -863,10 +871,13 @@ EOF
 	$out .= sprintf "%-22s %10s %10s %10s %16s %9s\n", 'case',
 		'RSS KiB', 'PSS KiB', 'anon KiB', 'VmData KiB', 'setup s';
 
-	for my $case (qw/ edge stock /) {
+	my %label = (edge => 'edge (xmpp_federation)',
+		preread => '(edge, preread on)',
+		stock => 'stock proxy_pass');
+
+	for my $case (qw/ edge preread stock /) {
 		$out .= sprintf "%-22s %10.1f %10.1f %10.1f %16.1f %9.1f\n",
-			$case eq 'edge' ? 'edge (xmpp_federation)'
-				: 'stock proxy_pass',
+			$label{$case},
 			@{$r{$case}}{qw/ rss pss anon data seconds /};
 	}
 
@@ -876,6 +887,8 @@ EOF
 	$out .= sprintf "  PSS %.2f, anonymous RSS %.2f, VmData (heap"
 		. " allocated, touched or not) %.2f\n",
 		@ratio{qw/ pss anon data /};
+	$out .= sprintf "  with xmpp_federation_preread on, RSS: %.2f\n",
+		$r{preread}{rss} / $r{stock}{rss};
 	$out .= sprintf "worker RSS, all workers, before / with the streams:"
 		. " edge %.1f / %.1f MiB, stock %.1f / %.1f MiB\n",
 		$r{edge}{before}{rss} / 1024, $r{edge}{after}{rss} / 1024,

@@ -143,11 +143,23 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
 
     /* what the preread phase has read is the beginning of the stream */
 
-    if (len) {
-        ctx->in->last = ngx_cpymem(ctx->in->last, c->buffer->pos, len);
-        c->buffer->pos = c->buffer->last;
+    if (c->buffer) {
+        if (len) {
+            ctx->in->last = ngx_cpymem(ctx->in->last, c->buffer->pos, len);
+        }
 
-        if (ngx_xmpp_federation_input(s, ctx, ctx->in->pos, len) != NGX_OK) {
+        /*
+         * The preread buffer (preread_buffer_size, 16k by default) is of
+         * no more use: it would stay with an idle stream for its life.
+         */
+
+        (void) ngx_pfree(c->pool, c->buffer->start);
+        c->buffer = NULL;
+
+        if (len
+            && ngx_xmpp_federation_input(s, ctx, ctx->in->pos, len)
+               != NGX_OK)
+        {
             return;
         }
     }
