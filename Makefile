@@ -163,13 +163,13 @@ demo: deps build
 
 BENCH_DIR := $(TOP)/build/bench
 
-$(BENCH_DIR)/xmpp_bench: bench/xmpp_bench.c \
+$(BENCH_DIR)/xmpp_bench: bench/xmpp_bench.c bench/bench_stanza.h \
     bench/bench_common.c bench/bench_common.h
 	@mkdir -p $(@D)
 	gcc -O2 -Wall -Wextra -o $@ bench/xmpp_bench.c bench/bench_common.c
 
 # XML_SetReparseDeferralEnabled(): expat 2.6, or backported (Debian 12)
-$(BENCH_DIR)/expat_only: bench/expat_only.c
+$(BENCH_DIR)/expat_only: bench/expat_only.c bench/bench_stanza.h
 	@mkdir -p $(@D)
 	def=0; printf '#include <expat.h>\nint main(void) {\n%s\n}\n' \
 	    'return XML_SetReparseDeferralEnabled(0, XML_FALSE);' \
@@ -178,7 +178,8 @@ $(BENCH_DIR)/expat_only: bench/expat_only.c
 
 # the module's parser alone, compiled as the module is (the configured
 # nginx tree of the build, its CFLAGS)
-$(BENCH_DIR)/scan_only: bench/scan_only.c $(BUILD)/$(MODULE).so
+$(BENCH_DIR)/scan_only: bench/scan_only.c bench/bench_stanza.h \
+    $(BUILD)/$(MODULE).so
 	@mkdir -p $(@D)
 	cd $(SRC_COPY) && \
 	gcc $$(sed -n 's/^CFLAGS *= *//p' objs/Makefile) \

@@ -25,6 +25,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_stanza.h"
+
 
 #define BLOCK  4096
 
@@ -73,8 +75,8 @@ character_data(void *data, const XML_Char *s, int len)
 int
 main(int argc, char **argv)
 {
-    char              *buf, *s, head[256];
-    size_t             size, chunk, hlen, total, off, n, pad, i, k, block;
+    char              *buf;
+    size_t             size, chunk, total, off, n, i, block;
     uint64_t           count, fed;
     enum XML_Status    status;
     struct timespec    t0, t1;
@@ -85,12 +87,6 @@ main(int argc, char **argv)
         " xmlns:stream='http://etherx.jabber.org/streams'"
         " from='fabrikam.example' to='contoso.example' version='1.0'>";
 
-    static const char  lorem[] =
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do "
-        "eiusmod tempor incididunt ut labore et dolore magna aliqua. ";
-
-    static const char  tail[] = "</body></message>";
-
     if (argc != 4) {
         fprintf(stderr, "usage: expat_only COUNT SIZE CHUNK\n");
         return 2;
@@ -100,13 +96,8 @@ main(int argc, char **argv)
     size = strtoul(argv[2], NULL, 10);
     chunk = strtoul(argv[3], NULL, 10);
 
-    hlen = snprintf(head, sizeof(head),
-                    "<message from='bob@fabrikam.example/r'"
-                    " to='alice@contoso.example' id='m%010u'"
-                    " type='chat'><body>", 0u);
-
-    if (size < hlen + sizeof(tail) - 1 || chunk == 0) {
-        fprintf(stderr, "expat_only: bad size or chunk\n");
+    if (chunk == 0) {
+        fprintf(stderr, "expat_only: bad chunk\n");
         return 2;
     }
 
@@ -122,17 +113,12 @@ main(int argc, char **argv)
     }
 
     memcpy(buf, hdr, sizeof(hdr) - 1);
-    pad = size - hlen - (sizeof(tail) - 1);
 
     for (i = 0; i < block; i++) {
-        s = buf + sizeof(hdr) - 1 + i * size;
-        memcpy(s, head, hlen);
-
-        for (k = 0; k < pad; k++) {
-            s[hlen + k] = lorem[k % (sizeof(lorem) - 1)];
+        if (bench_stanza(buf + sizeof(hdr) - 1 + i * size, size, 0) == 0) {
+            fprintf(stderr, "expat_only: bad size\n");
+            return 2;
         }
-
-        memcpy(s + hlen + pad, tail, sizeof(tail) - 1);
     }
 
     parser = XML_ParserCreateNS("UTF-8", ' ');

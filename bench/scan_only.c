@@ -26,6 +26,8 @@
 
 #include <time.h>
 
+#include "bench_stanza.h"
+
 
 #define BLOCK  16384
 
@@ -92,27 +94,20 @@ int
 main(int argc, char **argv)
 {
     off_t                          base;
-    size_t                         size, hlen, pad, per, i, k;
-    u_char                        *block, *s;
+    size_t                         size, per, i;
+    u_char                        *block;
     uint64_t                       count, elements;
     ngx_int_t                      rc;
     ngx_buf_t                      b, *bp;
     ngx_log_t                      log;
     struct timespec                t0, t1;
     ngx_xmpp_federation_parser_t  *p;
-    char                           head[256];
 
     static u_char  hdr[] =
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server'"
         " xmlns:db='jabber:server:dialback'"
         " xmlns:stream='http://etherx.jabber.org/streams'"
         " from='fabrikam.example' to='contoso.example' version='1.0'>";
-
-    static const char  lorem[] =
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do "
-        "eiusmod tempor incididunt ut labore et dolore magna aliqua. ";
-
-    static const char  tail[] = "</body></message>";
 
     if (argc != 3) {
         fprintf(stderr, "usage: scan_only COUNT SIZE\n");
@@ -122,12 +117,7 @@ main(int argc, char **argv)
     count = strtoull(argv[1], NULL, 10);
     size = strtoul(argv[2], NULL, 10);
 
-    hlen = snprintf(head, sizeof(head),
-                    "<message from='bob@fabrikam.example/r'"
-                    " to='alice@contoso.example' id='m%010u'"
-                    " type='chat'><body>", 0u);
-
-    if (size < hlen + sizeof(tail) - 1 || size > BLOCK) {
+    if (size == 0 || size > BLOCK) {
         fprintf(stderr, "scan_only: bad size\n");
         return 2;
     }
@@ -146,17 +136,11 @@ main(int argc, char **argv)
         return 2;
     }
 
-    pad = size - hlen - (sizeof(tail) - 1);
-
     for (i = 0; i < per; i++) {
-        s = block + i * size;
-        ngx_memcpy(s, head, hlen);
-
-        for (k = 0; k < pad; k++) {
-            s[hlen + k] = lorem[k % (sizeof(lorem) - 1)];
+        if (bench_stanza((char *) block + i * size, size, 0) == 0) {
+            fprintf(stderr, "scan_only: bad size\n");
+            return 2;
         }
-
-        ngx_memcpy(s + hlen + pad, tail, sizeof(tail) - 1);
     }
 
     ngx_memzero(&log, sizeof(ngx_log_t));

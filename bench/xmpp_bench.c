@@ -54,6 +54,7 @@
 #include <sys/wait.h>
 
 #include "bench_common.h"
+#include "bench_stanza.h"
 
 
 #define CHUNK_STANZAS  64             /* stanzas per write() */
@@ -330,50 +331,23 @@ typedef struct {
 } gen_t;
 
 
-#define ID_LEN  10
+#define ID_LEN  BENCH_STANZA_ID_LEN
 
 
 static void
 gen_init(gen_t *g, size_t size, uint64_t count, const char *prefix)
 {
-    int     len;
-    char    head[256];
-    size_t  k, pad, body;
-
-    static const char  lorem[] =
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do "
-        "eiusmod tempor incididunt ut labore et dolore magna aliqua. ";
-
-    static const char  tail[] = "</body></message>";
-
-    len = snprintf(head, sizeof(head),
-                   "<message from='bob@fabrikam.example/r'"
-                   " to='alice@contoso.example' id='m%0*u'"
-                   " type='chat'><body>", ID_LEN, 0u);
-
-    body = sizeof(tail) - 1;
-
-    if (size < (size_t) len + body) {
-        die("stanza size %zu is below %zu", size, (size_t) len + body);
-    }
-
     g->stanza = malloc(size);
     if (g->stanza == NULL) {
         die("no memory");
     }
 
-    pad = size - len - body;
-
-    memcpy(g->stanza, head, len);
-
-    for (k = 0; k < pad; k++) {
-        g->stanza[len + k] = lorem[k % (sizeof(lorem) - 1)];
+    if (bench_stanza(g->stanza, size, 0) == 0) {
+        die("stanza size %zu is too small", size);
     }
 
-    memcpy(g->stanza + len + pad, tail, body);
-
     g->size = size;
-    g->idpos = strstr(head, "id='m") - head + 5;
+    g->idpos = strstr(g->stanza, "id='m") - g->stanza + 5;
     g->prefix = prefix;
     g->prefix_len = strlen(prefix);
     g->count = count;
