@@ -4,7 +4,8 @@
 
 
 /*
- * The benchmark's stanza, one for xmpp_bench, expat_only and scan_only:
+ * The partner's stream header of expat_only and scan_only, and the
+ * benchmark's stanza, one for xmpp_bench, expat_only and scan_only:
  * a <message/> of exactly SIZE bytes from bob@fabrikam.example to
  * alice@contoso.example, its id the 10 digits of ID, its body padded
  * with Latin.  bench_stanza() writes it to BUF and returns the length
@@ -22,6 +23,12 @@
 
 
 #define BENCH_STANZA_ID_LEN  10
+
+#define BENCH_STREAM_HEADER                                                   \
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:server'"               \
+    " xmlns:db='jabber:server:dialback'"                                      \
+    " xmlns:stream='http://etherx.jabber.org/streams'"                        \
+    " from='fabrikam.example' to='contoso.example' version='1.0'>"
 
 
 static size_t

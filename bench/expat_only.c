@@ -81,11 +81,7 @@ main(int argc, char **argv)
     enum XML_Status    status;
     struct timespec    t0, t1;
 
-    static const char  hdr[] =
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server'"
-        " xmlns:db='jabber:server:dialback'"
-        " xmlns:stream='http://etherx.jabber.org/streams'"
-        " from='fabrikam.example' to='contoso.example' version='1.0'>";
+    static const char  hdr[] = BENCH_STREAM_HEADER;
 
     if (argc != 4) {
         fprintf(stderr, "usage: expat_only COUNT SIZE CHUNK\n");

@@ -103,11 +103,7 @@ main(int argc, char **argv)
     struct timespec                t0, t1;
     ngx_xmpp_federation_parser_t  *p;
 
-    static u_char  hdr[] =
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server'"
-        " xmlns:db='jabber:server:dialback'"
-        " xmlns:stream='http://etherx.jabber.org/streams'"
-        " from='fabrikam.example' to='contoso.example' version='1.0'>";
+    static u_char  hdr[] = BENCH_STREAM_HEADER;
 
     if (argc != 3) {
         fprintf(stderr, "usage: scan_only COUNT SIZE\n");
