@@ -62,6 +62,19 @@ ngx_pool_cleanup_add(ngx_pool_t *p, size_t size)
 }
 
 
+/* expat's hash salt: any bytes do for a measurement */
+
+ngx_int_t
+ngx_xmpp_federation_random(u_char *buf, size_t len)
+{
+    while (len--) {
+        *buf++ = (u_char) rand();
+    }
+
+    return NGX_OK;
+}
+
+
 void
 ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
     const char *fmt, ...)

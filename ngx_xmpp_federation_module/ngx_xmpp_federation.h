@@ -356,6 +356,7 @@ typedef struct {
     unsigned                        header_seen:1;
     unsigned                        quit:1;
     unsigned                        lingering:1;
+    unsigned                        corked:1;      /* last words held */
     unsigned                        preread_done:1;
     unsigned                        ended:1;       /* peer sent its end */
     unsigned                        bouncing:1;
@@ -373,6 +374,7 @@ ngx_xmpp_federation_partner_t *ngx_xmpp_federation_find_partner(
 ngx_int_t ngx_xmpp_federation_is_local(ngx_xmpp_federation_main_conf_t *fmcf,
     ngx_str_t *domain);
 ngx_str_t *ngx_xmpp_federation_error_name(ngx_xmpp_federation_error_e err);
+ngx_int_t ngx_xmpp_federation_random(u_char *buf, size_t len);
 
 /* ngx_xmpp_federation_parse.c */
 ngx_xmpp_federation_parser_t *ngx_xmpp_federation_parser_create(

@@ -12,7 +12,6 @@
 
 
 #include "ngx_xmpp_federation.h"
-#include <openssl/rand.h>
 
 
 #define NGX_XMPP_FEDERATION_ID_LEN     16
@@ -1177,7 +1176,7 @@ ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
 
     /* a fresh id for every stream (RFC 6120 4.7.3): keys are bound to it */
 
-    if (RAND_bytes(id, sizeof(id)) != 1) {
+    if (ngx_xmpp_federation_random(id, sizeof(id)) != NGX_OK) {
         ngx_log_error(NGX_LOG_ALERT, s->connection->log, 0,
                       "RAND_bytes() failed");
         return NGX_ERROR;
@@ -1522,6 +1521,16 @@ ngx_xmpp_federation_send(ngx_stream_session_t *s)
     ctx = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_federation_module);
     fscf = ngx_stream_get_module_srv_conf(s,
                                           ngx_stream_xmpp_federation_module);
+
+    if (ctx->quit && !ctx->corked) {
+        /*
+         * Our last words, close_notify and FIN leave in one segment (the
+         * shutdown of lingering sends what is held): one wake-up of the
+         * peer, not three
+         */
+        ctx->corked = 1;
+        (void) ngx_tcp_nopush(c->fd);
+    }
 
     rc = ngx_xmpp_federation_flush(c, ctx->out, ctx->out->last,
                                    fscf->timeout);

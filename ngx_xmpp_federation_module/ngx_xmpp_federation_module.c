@@ -385,6 +385,55 @@ ngx_xmpp_federation_error_name(ngx_xmpp_federation_error_e err)
 }
 
 
+/*
+ * Random bytes for stream ids and expat's hash salts, from a pool that
+ * RAND_bytes() fills a few hundred bytes at a time: one call into the
+ * DRBG for dozens of streams.  The pool is the process's own: one filled
+ * before a fork (by the master) is not used after it.  Bytes handed out
+ * are wiped from it.
+ */
+
+static u_char     ngx_xmpp_federation_rand_pool[256];
+static size_t     ngx_xmpp_federation_rand_left;
+static ngx_pid_t  ngx_xmpp_federation_rand_pid;
+
+
+ngx_int_t
+ngx_xmpp_federation_random(u_char *buf, size_t len)
+{
+    u_char  *p;
+
+    if (len > sizeof(ngx_xmpp_federation_rand_pool)) {
+        return (RAND_bytes(buf, len) == 1) ? NGX_OK : NGX_ERROR;
+    }
+
+    if (ngx_xmpp_federation_rand_pid != ngx_pid
+        || ngx_xmpp_federation_rand_left < len)
+    {
+        if (RAND_bytes(ngx_xmpp_federation_rand_pool,
+                       sizeof(ngx_xmpp_federation_rand_pool))
+            != 1)
+        {
+            ngx_xmpp_federation_rand_left = 0;
+            return NGX_ERROR;
+        }
+
+        ngx_xmpp_federation_rand_left = sizeof(ngx_xmpp_federation_rand_pool);
+        ngx_xmpp_federation_rand_pid = ngx_pid;
+    }
+
+    p = ngx_xmpp_federation_rand_pool + sizeof(ngx_xmpp_federation_rand_pool)
+        - ngx_xmpp_federation_rand_left;
+
+    ngx_memcpy(buf, p, len);
+    ngx_explicit_memzero(p, len);
+
+    ngx_xmpp_federation_rand_left -= len;
+
+    return NGX_OK;
+}
+
+
 static void *
 ngx_xmpp_federation_create_main_conf(ngx_conf_t *cf)
 {

@@ -98,6 +98,8 @@ static ngx_int_t ngx_xmpp_federation_scan_tag(
 static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
+static ngx_int_t ngx_xmpp_federation_scan_close(
+    ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last);
 static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
 static u_char *ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last);
 static u_char *ngx_xmpp_federation_scan_text(u_char *pos, u_char *last);
@@ -180,16 +182,24 @@ ngx_xmpp_federation_parser_create(ngx_pool_t *pool, ngx_log_t *log,
 
 
 /*
- * A stream restart (after STARTTLS or SASL) begins a new XML document:
- * a fresh expat instance, offsets from zero.
+ * A stream restart (after STARTTLS or SASL) begins a new XML document,
+ * offsets from zero.  The expat instance of the old one starts afresh
+ * (XML_ParserReset(): nothing of the old document, its buffers kept),
+ * and is set up again as a new one is.
  */
 
 ngx_int_t
 ngx_xmpp_federation_parser_reset(ngx_xmpp_federation_parser_t *p)
 {
     if (p->expat) {
-        XML_ParserFree(p->expat);
-        p->expat = NULL;
+        if (XML_ParserReset(p->expat, "UTF-8")) {
+            /* an instance at hand: this cannot fail */
+            (void) ngx_xmpp_federation_parser_expat(p);
+
+        } else {
+            XML_ParserFree(p->expat);
+            p->expat = NULL;
+        }
     }
 
     ngx_xmpp_federation_parser_init(p);
@@ -231,15 +241,35 @@ ngx_xmpp_federation_parser_init(ngx_xmpp_federation_parser_t *p)
 }
 
 
+/*
+ * A new expat instance, or one just reset, set up for a stream.  Its hash
+ * salt comes from our pool of random bytes: expat's own would cost a
+ * getrandom() call for every instance.
+ */
+
 static ngx_int_t
 ngx_xmpp_federation_parser_expat(ngx_xmpp_federation_parser_t *p)
 {
-    XML_Parser  x;
+    XML_Parser     x;
+    unsigned long  salt;
 
-    x = XML_ParserCreateNS("UTF-8", NGX_XMPP_FEDERATION_NS_SEP);
+    x = p->expat;
+
     if (x == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, p->log, 0, "XML_ParserCreateNS() failed");
-        return NGX_ERROR;
+        x = XML_ParserCreateNS("UTF-8", NGX_XMPP_FEDERATION_NS_SEP);
+        if (x == NULL) {
+            ngx_log_error(NGX_LOG_ALERT, p->log, 0,
+                          "XML_ParserCreateNS() failed");
+            return NGX_ERROR;
+        }
+    }
+
+    /* when the pool fails, expat draws a salt itself */
+
+    if (ngx_xmpp_federation_random((u_char *) &salt, sizeof(salt)) == NGX_OK
+        && salt != 0)
+    {
+        (void) XML_SetHashSalt(x, salt);
     }
 
     XML_SetUserData(x, (ngx_xmpp_federation_parse_ud_t *) (p + 1));
@@ -1321,6 +1351,10 @@ ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
         return NGX_DECLINED;
     }
 
+    if (last - pos > 1 && pos[1] == '/') {
+        return ngx_xmpp_federation_scan_close(p, pos, last);
+    }
+
     limited = 0;
 
     if ((size_t) (last - pos) > p->max_stanza_size) {
@@ -1354,6 +1388,77 @@ ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
     p->tries = 0;
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * The end of the stream: the end tag of the root as the kept header wrote
+ * its name, "</stream:stream>" mostly.  NGX_OK with the close; anything
+ * else (another name, a tag cut by the read) is expat's, which says what
+ * is wrong or waits for the rest.  Nothing is parsed after the end: what
+ * would come is not of the document.
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_scan_close(ngx_xmpp_federation_parser_t *p, u_char *pos,
+    u_char *last)
+{
+    u_char  *h, *hlast, *name;
+    size_t   len;
+
+    h = p->header.data;
+    hlast = h + p->header.len;
+
+    /* the root's start tag: the first '<' not of the XML declaration */
+
+    do {
+        h = ngx_strlchr(h, hlast, '<');
+        if (h == NULL || ++h == hlast) {
+            return NGX_DECLINED;
+        }
+
+    } while (*h == '?');
+
+    name = h;
+
+    /* expat took the header: the name is well-formed, ends as names do */
+
+    while (h < hlast && !ngx_xmpp_federation_space(*h) && *h != '>'
+           && *h != '/')
+    {
+        h++;
+    }
+
+    len = h - name;
+
+    if (len == 0 || (size_t) (last - pos) < 2 + len + 1
+        || ngx_memcmp(pos + 2, name, len) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    for (h = pos + 2 + len; h < last && ngx_xmpp_federation_space(*h); h++) {
+        /* void */
+    }
+
+    if (h == last || *h != '>') {
+        return NGX_DECLINED;
+    }
+
+    h++;
+
+    p->start = p->fed;
+    p->end = p->fed + (h - pos);
+    p->skipped += h - pos;
+    p->fed = p->end;
+    p->depth = 0;
+    p->event = ngx_xmpp_ev_close;
+
+    p->stopped = 1;
+    p->error = ngx_xmpp_err_not_well_formed;
+    p->reason = "data after the end of the stream";
+
+    return NGX_OK;
 }
 
 

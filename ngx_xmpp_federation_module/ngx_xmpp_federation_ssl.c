@@ -34,6 +34,10 @@ static ngx_int_t ngx_xmpp_federation_asn1_time(const ASN1_TIME *asn1,
 static void ngx_xmpp_federation_handshake_handler(ngx_connection_t *c);
 
 
+/* SHA-256, fetched once (chain keys) */
+static EVP_MD  *ngx_xmpp_federation_sha256;
+
+
 char *
 ngx_xmpp_federation_ssl_merge(ngx_conf_t *cf,
     ngx_xmpp_federation_srv_conf_t *prev, ngx_xmpp_federation_srv_conf_t *conf)
@@ -311,16 +315,35 @@ ngx_xmpp_federation_verdict_set(ngx_xmpp_federation_srv_conf_t *conf,
 }
 
 
+/*
+ * The key of a chain: SHA-256 over the DER of the certificate to verify,
+ * then of all the peer sent besides (DER delimits itself; the peer's
+ * chain, as OpenSSL gives it, repeats the first, once is enough).  The digest
+ * is fetched once: an implicit fetch for every use costs more than the
+ * hashing.
+ */
+
 static ngx_int_t
 ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
 {
-    int              i, n;
+    int              i, n, len;
     X509            *x;
+    u_char          *der;
     ngx_int_t        rc;
     EVP_MD_CTX      *md;
-    unsigned int     len;
+    unsigned int     size;
     STACK_OF(X509)  *sent;
-    u_char           digest[EVP_MAX_MD_SIZE];
+
+    if (ngx_xmpp_federation_sha256 == NULL) {
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+        ngx_xmpp_federation_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+#else
+        ngx_xmpp_federation_sha256 = (EVP_MD *) EVP_sha256();
+#endif
+        if (ngx_xmpp_federation_sha256 == NULL) {
+            return NGX_ERROR;
+        }
+    }
 
     md = EVP_MD_CTX_new();
     if (md == NULL) {
@@ -329,11 +352,9 @@ ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
 
     rc = NGX_ERROR;
 
-    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+    if (EVP_DigestInit_ex(md, ngx_xmpp_federation_sha256, NULL) != 1) {
         goto done;
     }
-
-    /* the certificate to verify, then all the peer sent besides */
 
     sent = X509_STORE_CTX_get0_untrusted(xs);
     n = sent ? sk_X509_num(sent) : 0;
@@ -341,15 +362,31 @@ ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
     for (i = -1; i < n; i++) {
         x = (i < 0) ? X509_STORE_CTX_get0_cert(xs) : sk_X509_value(sent, i);
 
-        if (x == NULL
-            || X509_digest(x, EVP_sha256(), digest, &len) != 1
-            || EVP_DigestUpdate(md, digest, len) != 1)
-        {
+        if (x == NULL) {
             goto done;
         }
+
+        if (i == 0 && x == X509_STORE_CTX_get0_cert(xs)) {
+            /* the peer's chain begins with the same certificate */
+            continue;
+        }
+
+        der = NULL;
+        len = i2d_X509(x, &der);
+
+        if (len <= 0) {
+            goto done;
+        }
+
+        if (EVP_DigestUpdate(md, der, len) != 1) {
+            OPENSSL_free(der);
+            goto done;
+        }
+
+        OPENSSL_free(der);
     }
 
-    if (EVP_DigestFinal_ex(md, key, &len) == 1 && len == 32) {
+    if (EVP_DigestFinal_ex(md, key, &size) == 1 && size == 32) {
         rc = NGX_OK;
     }
 

@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(113);
+$t->try_run('no xmpp_federation')->plan(122);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -766,6 +766,61 @@ ok(!@wrong, 'long text, a control, "]]>", a byte not UTF-8 or a bare "&"'
 	or diag(join "\n", @wrong);
 ok(!@changed, 'long text, UTF-8, references, a tab, ">" and DEL in 10'
 	. ' places: relayed as sent') or diag("changed at @changed");
+
+# the end of the stream after relayed stanzas, as the scan finds it or
+# leaves it to expat: a clean end (our </stream:stream>, the connection
+# closed, the stanzas at the gateway), or a stream error; what follows
+# the end is not relayed
+
+sub ends {
+	my ($end, %o) = @_;
+
+	my $x = authenticated();
+	my $good = msg('e1', '<body>before the end</body>');
+
+	$x->send($good);
+	wait_relayed($x, length $good);
+
+	if ($o{pieces}) {
+		send_pieces($x, $end, $o{pieces});
+	} else {
+		$x->send($end);
+	}
+
+	my $answer = $x->read_until(qr{</stream:stream>}, timeout => 5);
+	my $error = defined $answer && $answer =~ /<stream:error>/;
+	my $cond = $error ? ($answer =~ /<([a-z-]+) xmlns=/)[0] : undef;
+	my $closed = $x->closed();
+	settle();
+
+	my $got = relayed_final(relayed($x)) =~ s/[ \t\r\n]+\z//r;
+
+	return ($error ? $cond : defined $answer ? 'end' : 'no end')
+		. ($closed ? ' closed' : ' open') . '; '
+		. ($got eq $good . ($o{also} // '') ? 'the good stanza only'
+			: 'gateway got ' . esc($got));
+}
+
+my $END = 'end closed; the good stanza only';
+
+is(ends('</stream:stream>'), $END, 'stream end: clean');
+is(ends("  \n</stream:stream \t\r\n>"), $END,
+	'stream end with whitespace before and in the tag: clean');
+is(ends('</stream:stream>', pieces => [3, 9]), $END,
+	'stream end in three pieces: clean');
+is(ends('</stream:stream>' . msg('e2', '<body>after</body>')), $END,
+	'a stanza after the stream end: not relayed');
+is(ends("\n" . msg('e3', '<body>last</body>') . '</stream:stream>',
+		also => "\n" . msg('e3', '<body>last</body>')), $END,
+	'stanza and stream end in one write: both relayed, clean end');
+is(ends('</stream:streamx>'), 'not-well-formed closed; the good stanza only',
+	'end tag with a longer name: not-well-formed');
+is(ends('</stream:strea>'), 'not-well-formed closed; the good stanza only',
+	'end tag with a shorter name: not-well-formed');
+is(ends('</stream>'), 'not-well-formed closed; the good stanza only',
+	'end tag without the prefix: not-well-formed');
+is(ends('</stream:stream/>'), 'not-well-formed closed; the good stanza only',
+	'end tag with a slash: not-well-formed');
 
 ###############################################################################
 
