@@ -312,6 +312,11 @@ sub relayed {
 	my $r = $parts[$idx] // '';
 	$r =~ s/(?:<\?xml[^>]*\?>)?<stream:stream\s.*\z//s;
 
+	# the end of the stream before, when its gateway connection wrote
+	# to the log after this one's check: not of this stream
+
+	$r =~ s{\A</stream:stream>}{};
+
 	return $r;
 }
 
