@@ -99,7 +99,7 @@ static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
 static ngx_int_t ngx_xmpp_federation_scan_close(
-    ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last);
+    ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last, u_char **end);
 static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
 static u_char *ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last);
 static u_char *ngx_xmpp_federation_scan_text(u_char *pos, u_char *last);
@@ -1316,16 +1316,17 @@ static u_char  ngx_xmpp_federation_class[] = {
 
 /*
  * Between top-level elements: whitespace is skipped, a stanza is scanned
- * whole.  NGX_OK with an element, NGX_AGAIN for more bytes, NGX_DECLINED
- * for expat.
+ * whole.  NGX_OK with an element or the stream's end, NGX_AGAIN for more
+ * bytes, NGX_DECLINED for expat.
  */
 
 static ngx_int_t
 ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
 {
-    u_char      *pos, *start, *last, *end;
-    ngx_int_t    rc;
-    ngx_uint_t   limited;
+    u_char                       *pos, *start, *last, *end;
+    ngx_int_t                     rc;
+    ngx_uint_t                    limited;
+    ngx_xmpp_federation_event_e   event;
 
     start = (*p->buf)->start + (p->fed - *p->base);
     last = (*p->buf)->start + (p->consumed - *p->base);
@@ -1352,56 +1353,70 @@ ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
     }
 
     if (last - pos > 1 && pos[1] == '/') {
-        return ngx_xmpp_federation_scan_close(p, pos, last);
+
+        if (ngx_xmpp_federation_scan_close(p, pos, last, &end) != NGX_OK) {
+            return NGX_DECLINED;
+        }
+
+        event = ngx_xmpp_ev_close;
+
+    } else {
+
+        limited = 0;
+
+        if ((size_t) (last - pos) > p->max_stanza_size) {
+            last = pos + p->max_stanza_size;
+            limited = 1;
+        }
+
+        rc = ngx_xmpp_federation_scan_stanza(p, pos, last, &end);
+
+        if (rc == NGX_AGAIN && !limited
+            && ++p->tries < NGX_XMPP_FEDERATION_SCAN_TRIES)
+        {
+            /* the caller sees the parser inside an element */
+            p->pending = 1;
+            p->depth = 2;
+            return NGX_AGAIN;
+        }
+
+        if (rc != NGX_OK) {
+            /* too large, or too slow in coming: expat goes on from here */
+            p->tries = 0;
+            return NGX_DECLINED;
+        }
+
+        event = ngx_xmpp_ev_element;
     }
 
-    limited = 0;
-
-    if ((size_t) (last - pos) > p->max_stanza_size) {
-        last = pos + p->max_stanza_size;
-        limited = 1;
-    }
-
-    rc = ngx_xmpp_federation_scan_stanza(p, pos, last, &end);
-
-    if (rc == NGX_OK) {
-        p->start = p->fed;
-        p->end = p->fed + (end - pos);
-        p->skipped += end - pos;
-        p->fed = p->end;
-        p->tries = 0;
-        p->event = ngx_xmpp_ev_element;
-        return NGX_OK;
-    }
-
-    if (rc == NGX_AGAIN && !limited
-        && ++p->tries < NGX_XMPP_FEDERATION_SCAN_TRIES)
-    {
-        /* the caller sees the parser inside an element */
-        p->pending = 1;
-        p->depth = 2;
-        return NGX_AGAIN;
-    }
-
-    /* too large, or too slow in coming: expat goes on where it stops */
-
+    p->end = p->fed + (end - pos);
+    p->skipped += end - pos;
+    p->fed = p->end;
     p->tries = 0;
+    p->event = event;
 
-    return NGX_DECLINED;
+    if (event == ngx_xmpp_ev_close) {
+        /* nothing is parsed after the end: not of the document */
+        p->depth = 0;
+        p->stopped = 1;
+        p->error = ngx_xmpp_err_not_well_formed;
+        p->reason = "data after the end of the stream";
+    }
+
+    return NGX_OK;
 }
 
 
 /*
  * The end of the stream: the end tag of the root as the kept header wrote
- * its name, "</stream:stream>" mostly.  NGX_OK with the close; anything
- * else (another name, a tag cut by the read) is expat's, which says what
- * is wrong or waits for the rest.  Nothing is parsed after the end: what
- * would come is not of the document.
+ * its name, "</stream:stream>" mostly.  NGX_OK with the byte after it;
+ * anything else (another name, a tag cut by the read) is expat's, which
+ * says what is wrong or waits for the rest.
  */
 
 static ngx_int_t
 ngx_xmpp_federation_scan_close(ngx_xmpp_federation_parser_t *p, u_char *pos,
-    u_char *last)
+    u_char *last, u_char **end)
 {
     u_char  *h, *hlast, *name;
     size_t   len;
@@ -1445,18 +1460,7 @@ ngx_xmpp_federation_scan_close(ngx_xmpp_federation_parser_t *p, u_char *pos,
         return NGX_DECLINED;
     }
 
-    h++;
-
-    p->start = p->fed;
-    p->end = p->fed + (h - pos);
-    p->skipped += h - pos;
-    p->fed = p->end;
-    p->depth = 0;
-    p->event = ngx_xmpp_ev_close;
-
-    p->stopped = 1;
-    p->error = ngx_xmpp_err_not_well_formed;
-    p->reason = "data after the end of the stream";
+    *end = h + 1;
 
     return NGX_OK;
 }
