@@ -127,7 +127,7 @@ stream {
 
 EOF
 
-$t->try_run('no xmpp_federation')->plan(73);
+$t->try_run('no xmpp_federation')->plan(74);
 
 ###############################################################################
 
@@ -226,6 +226,20 @@ like($id1, qr/^[0-9a-f]{32}$/i, 'header: id of 32 hex digits');
 my ($y, $h2) = negotiate(from => 'fabrikam.example');
 my $id2 = $x->attr($h2, 'id') // '';
 ok(length $id2 && $id1 ne $id2, 'header: ids differ between streams');
+
+# more streams than one fill of the edge's pool of random bytes serves
+# (16 ids of 16 bytes): every id its own
+
+my %ids = ($id1 => 1, $id2 => 1);
+
+for (1 .. 40) {
+	my ($z, $hz) = negotiate(from => 'fabrikam.example');
+	my $id = $z->attr($hz, 'id') // '';
+	$ids{$id}++ if $id =~ /^[0-9a-f]{32}$/i;
+}
+
+is(scalar(grep { $_ == 1 } values %ids), 42,
+	'header: 42 streams, 42 ids of 32 hex digits, none twice');
 
 # stream features per partner policy
 
