@@ -45,6 +45,12 @@
 #define NGX_XMPP_FEDERATION_SCAN_ATTRS  16
 #define NGX_XMPP_FEDERATION_SCAN_TRIES  4
 
+#define NGX_XMPP_FEDERATION_ATTR_FROM   0x01
+#define NGX_XMPP_FEDERATION_ATTR_TO     0x02
+#define NGX_XMPP_FEDERATION_ATTR_ID     0x04
+#define NGX_XMPP_FEDERATION_ATTR_TYPE   0x08
+#define NGX_XMPP_FEDERATION_ATTR_XMLNS  0x10
+
 #if (defined __SSE2__ && defined __GNUC__)
 #define NGX_XMPP_FEDERATION_SSE2  1
 #include <emmintrin.h>
@@ -98,6 +104,7 @@ static ngx_int_t ngx_xmpp_federation_scan_tag(
 static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
+static ngx_uint_t ngx_xmpp_federation_scan_known(u_char *name, size_t len);
 static ngx_int_t ngx_xmpp_federation_scan_close(
     ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last, u_char **end);
 static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
@@ -1601,6 +1608,47 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
 }
 
 
+/* the attribute names a stanza mostly has, a bit each; 0 for others */
+
+static ngx_uint_t
+ngx_xmpp_federation_scan_known(u_char *name, size_t len)
+{
+    switch (len) {
+
+    case 2:
+        if (name[0] == 't' && name[1] == 'o') {
+            return NGX_XMPP_FEDERATION_ATTR_TO;
+        }
+
+        if (name[0] == 'i' && name[1] == 'd') {
+            return NGX_XMPP_FEDERATION_ATTR_ID;
+        }
+
+        break;
+
+    case 4:
+        if (ngx_memcmp(name, "from", 4) == 0) {
+            return NGX_XMPP_FEDERATION_ATTR_FROM;
+        }
+
+        if (ngx_memcmp(name, "type", 4) == 0) {
+            return NGX_XMPP_FEDERATION_ATTR_TYPE;
+        }
+
+        break;
+
+    case 5:
+        if (ngx_memcmp(name, "xmlns", 5) == 0) {
+            return NGX_XMPP_FEDERATION_ATTR_XMLNS;
+        }
+
+        break;
+    }
+
+    return 0;
+}
+
+
 /*
  * A start tag at *pos ('<'): NGX_OK for "<name ...>", NGX_DONE for
  * "<name .../>".  Of the stanza's own tag ("top") the addressing
@@ -1615,7 +1663,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
     size_t                            len;
     ngx_int_t                         rc;
     ngx_str_t                        *dst;
-    ngx_uint_t                        i, n, ws, simple;
+    ngx_uint_t                        i, n, u, ws, simple, known, seen;
     ngx_xmpp_federation_parse_ud_t   *ud;
     ngx_xmpp_federation_scan_name_t   attrs[NGX_XMPP_FEDERATION_SCAN_ATTRS];
 
@@ -1677,6 +1725,8 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
     }
 
     n = 0;
+    u = 0;
+    seen = 0;
 
     for ( ;; ) {
 
@@ -1747,24 +1797,38 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         len = s - attr;
 
-        /* an attribute once */
+        /*
+         * An attribute once: the names a stanza mostly has are told by a
+         * bit each, the others are compared with those seen before
+         */
 
-        if (n == NGX_XMPP_FEDERATION_SCAN_ATTRS) {
+        if (n++ == NGX_XMPP_FEDERATION_SCAN_ATTRS) {
             return NGX_DECLINED;
         }
 
-        for (i = 0; i < n; i++) {
-            if (attrs[i].len == len
-                && attrs[i].name[len - 1] == attr[len - 1]
-                && ngx_memcmp(attrs[i].name, attr, len) == 0)
-            {
+        known = ngx_xmpp_federation_scan_known(attr, len);
+
+        if (known) {
+            if (seen & known) {
                 return NGX_DECLINED;
             }
-        }
 
-        attrs[n].name = attr;
-        attrs[n].len = len;
-        n++;
+            seen |= known;
+
+        } else {
+            for (i = 0; i < u; i++) {
+                if (attrs[i].len == len
+                    && attrs[i].name[len - 1] == attr[len - 1]
+                    && ngx_memcmp(attrs[i].name, attr, len) == 0)
+                {
+                    return NGX_DECLINED;
+                }
+            }
+
+            attrs[u].name = attr;
+            attrs[u].len = len;
+            u++;
+        }
 
         while (s < last && ngx_xmpp_federation_space(*s)) {
             s++;
@@ -1800,7 +1864,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         /* s is at the closing quote */
 
-        if (len == 5 && ngx_memcmp(attr, "xmlns", 5) == 0) {
+        if (known == NGX_XMPP_FEDERATION_ATTR_XMLNS) {
 
             /* a space is expat's namespace separator: it refuses it */
 
@@ -1829,17 +1893,23 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
         dst = NULL;
 
         if (top) {
-            if (len == 4 && ngx_memcmp(attr, "from", 4) == 0) {
+            switch (known) {
+
+            case NGX_XMPP_FEDERATION_ATTR_FROM:
                 dst = &p->from;
+                break;
 
-            } else if (len == 2 && ngx_memcmp(attr, "to", 2) == 0) {
+            case NGX_XMPP_FEDERATION_ATTR_TO:
                 dst = &p->to;
+                break;
 
-            } else if (len == 2 && ngx_memcmp(attr, "id", 2) == 0) {
+            case NGX_XMPP_FEDERATION_ATTR_ID:
                 dst = &p->id;
+                break;
 
-            } else if (len == 4 && ngx_memcmp(attr, "type", 4) == 0) {
+            case NGX_XMPP_FEDERATION_ATTR_TYPE:
                 dst = &p->type;
+                break;
             }
         }
 

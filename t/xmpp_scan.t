@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(122);
+$t->try_run('no xmpp_federation')->plan(129);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -395,6 +395,9 @@ sub passes {
 }
 
 is(passes(msg('p1', '<body>hello</body>')), 'byte for byte', 'plain message');
+is(passes(msg('p1b', "<x tO='1' to='2' ido='3' id='4' types='5' type='6'"
+		. " xmlnsx='7' From='8' from='9' t='10' i='11'/>")),
+	'byte for byte', 'attributes named like from, to, id, type, xmlns');
 is(passes(msg('p2', "<body xml:lang='de'>hallo</body>", "xml:lang='en'")),
 	'byte for byte', 'xml:lang on the stanza and a child');
 is(passes(msg('p3', "<body a='&lt;&gt;&amp;&quot;&apos;&#x1F600;&#233;'>"
@@ -611,6 +614,16 @@ my @malformed = (
 		. ('</d>' x 40))],
 	['duplicate as the 17th attribute', msg('b30', '<y '
 		. join(' ', map { "a$_='$_'" } 1 .. 16) . " a3='x'/>")],
+	['from twice on the stanza',
+		"<message from='$FROM' to='$TO' id='b33' from='$FROM'/>"],
+	['to twice on the stanza',
+		"<message to='$TO' from='$FROM' to='$TO' id='b34'/>"],
+	['type twice on the stanza',
+		"<message from='$FROM' to='$TO' type='chat' id='b35' type='x'/>"],
+	['type twice on a child', msg('b36', "<body type='a' type='a'/>")],
+	['xmlns twice on a child',
+		msg('b37', "<x xmlns='urn:a' xmlns='urn:a'/>")],
+	['id twice among others', msg('b38', "<x a='1' id='2' b='3' id='2'/>")],
 	['text between stanzas', "hello " . msg('b31')],
 	['stanza end tag missing, next stanza inside',
 		"<message from='$FROM' to='$TO' id='b32'><body>x</body>"
