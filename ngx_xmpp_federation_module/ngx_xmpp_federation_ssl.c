@@ -318,16 +318,16 @@ ngx_xmpp_federation_verdict_set(ngx_xmpp_federation_srv_conf_t *conf,
 /*
  * The key of a chain: SHA-256 over the DER of the certificate to verify,
  * then of all the peer sent besides (DER delimits itself; the peer's
- * chain, as OpenSSL gives it, repeats the first, once is enough).  The digest
- * is fetched once: an implicit fetch for every use costs more than the
- * hashing.
+ * chain, as OpenSSL gives it, repeats the first: once is enough).  The
+ * digest is fetched once: an implicit fetch for every use costs more
+ * than the hashing.
  */
 
 static ngx_int_t
 ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
 {
-    int              i, n, len;
-    X509            *x;
+    int              i, n, len, ok;
+    X509            *x, *cert;
     u_char          *der;
     ngx_int_t        rc;
     EVP_MD_CTX      *md;
@@ -356,17 +356,18 @@ ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
         goto done;
     }
 
+    cert = X509_STORE_CTX_get0_cert(xs);
     sent = X509_STORE_CTX_get0_untrusted(xs);
     n = sent ? sk_X509_num(sent) : 0;
 
     for (i = -1; i < n; i++) {
-        x = (i < 0) ? X509_STORE_CTX_get0_cert(xs) : sk_X509_value(sent, i);
+        x = (i < 0) ? cert : sk_X509_value(sent, i);
 
         if (x == NULL) {
             goto done;
         }
 
-        if (i == 0 && x == X509_STORE_CTX_get0_cert(xs)) {
+        if (i == 0 && x == cert) {
             /* the peer's chain begins with the same certificate */
             continue;
         }
@@ -378,12 +379,12 @@ ngx_xmpp_federation_chain_key(X509_STORE_CTX *xs, u_char *key)
             goto done;
         }
 
-        if (EVP_DigestUpdate(md, der, len) != 1) {
-            OPENSSL_free(der);
+        ok = EVP_DigestUpdate(md, der, len);
+        OPENSSL_free(der);
+
+        if (ok != 1) {
             goto done;
         }
-
-        OPENSSL_free(der);
     }
 
     if (EVP_DigestFinal_ex(md, key, &size) == 1 && size == 32) {
