@@ -163,6 +163,20 @@ ngx_xmpp_federation_handler(ngx_stream_session_t *s)
         }
     }
 
+    if (!c->read->ready && !c->read->active && c->ssl == NULL) {
+        /*
+         * A new connection, not yet in the event loop: a server sends its
+         * stream header with the connect, so it is mostly here already,
+         * and reading now saves a turn of the loop (an empty read costs
+         * what the turn would have)
+         */
+
+        c->read->ready = 1;
+#if (NGX_HAVE_KQUEUE || NGX_HAVE_EPOLLRDHUP)
+        c->read->available = -1;
+#endif
+    }
+
     ngx_xmpp_federation_read_handler(c->read);
 }
 
@@ -1629,9 +1643,10 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 #if (NGX_STREAM_SSL)
     if (c->ssl) {
         /*
-         * TLS ends first (close_notify), then TCP; the rest is drained
-         * raw, and the final shutdown must not read TLS records again:
-         * the peer's data after our close_notify is no error of ours
+         * TLS ends first (close_notify), then TCP; the drain reads up to
+         * the peer's close_notify, and the final shutdown must not read
+         * TLS records again: the peer's data after our close_notify is
+         * no error of ours
          */
         ERR_clear_error();
         (void) SSL_shutdown(c->ssl->connection);
@@ -1654,11 +1669,25 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
 
     /*
      * Our callers may still look at the session after their stream error
-     * or last write: the drain, and the closing, start from the event loop
+     * or last write: the drain, and the closing, start from the event
+     * loop; when nothing is left to read, with the peer's answer
      */
 
-    c->read->ready = 1;
-    ngx_post_event(c->read, &ngx_posted_events);
+    if (c->read->ready || c->error
+#if (NGX_STREAM_SSL)
+        || (c->ssl && SSL_has_pending(c->ssl->connection))
+#endif
+       )
+    {
+        c->read->ready = 1;
+        ngx_post_event(c->read, &ngx_posted_events);
+        return;
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        c->read->ready = 1;
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
 }
 
 
@@ -1682,8 +1711,8 @@ ngx_xmpp_federation_linger_handler(ngx_event_t *rev)
 
 /*
  * Reads and discards what the peer still sends: NGX_AGAIN to wait for
- * more, NGX_DONE at its end or on an error.  Raw: after our close_notify
- * what comes is not read as TLS.
+ * more, NGX_DONE at its end or on an error.  After a TLS handshake, the
+ * peer's close_notify is its end too: it has read all of ours.
  */
 
 ngx_int_t
@@ -1691,6 +1720,40 @@ ngx_xmpp_federation_drain(ngx_connection_t *c)
 {
     ssize_t  n;
     u_char   buf[NGX_XMPP_FEDERATION_DRAIN];
+
+#if (NGX_STREAM_SSL)
+    int      err;
+
+    if (c->ssl && c->ssl->handshaked) {
+
+        for ( ;; ) {
+            n = SSL_read(c->ssl->connection, buf, NGX_XMPP_FEDERATION_DRAIN);
+
+            if (n > 0) {
+                continue;
+            }
+
+            err = SSL_get_error(c->ssl->connection, n);
+
+            /* no TLS error of the peer's is ours to log any more */
+            ERR_clear_error();
+
+            if (err != SSL_ERROR_WANT_READ) {
+                /* close_notify, the end of TCP, or broken TLS */
+                return NGX_DONE;
+            }
+
+            c->read->ready = 0;
+            break;
+        }
+
+        if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+            return NGX_DONE;
+        }
+
+        return NGX_AGAIN;
+    }
+#endif
 
     while (c->read->ready) {
         n = ngx_recv(c, buf, NGX_XMPP_FEDERATION_DRAIN);

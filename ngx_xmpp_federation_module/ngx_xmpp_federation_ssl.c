@@ -31,6 +31,7 @@ static void ngx_xmpp_federation_verdict_keep(
     ngx_log_t *log);
 static ngx_int_t ngx_xmpp_federation_asn1_time(const ASN1_TIME *asn1,
     time_t now, time_t *t);
+static void ngx_xmpp_federation_handshake_start(ngx_event_t *ev);
 static void ngx_xmpp_federation_handshake_handler(ngx_connection_t *c);
 
 
@@ -591,7 +592,6 @@ void
 ngx_xmpp_federation_tls_handshake(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx)
 {
-    ngx_int_t                        rc;
     ngx_connection_t                *c;
     ngx_xmpp_federation_srv_conf_t  *fscf;
 
@@ -611,6 +611,45 @@ ngx_xmpp_federation_tls_handshake(ngx_stream_session_t *s,
     }
 
     c->log->action = "SSL handshaking";
+
+    if (!c->read->ready) {
+        /*
+         * The ClientHello is a round trip away: the handshake starts
+         * with its read event, not with a read that cannot find it
+         */
+
+        c->read->handler = ngx_xmpp_federation_handshake_start;
+        c->write->handler = ngx_xmpp_federation_handshake_start;
+
+        if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+            ngx_xmpp_federation_finalize(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    ngx_xmpp_federation_handshake_start(c->read);
+}
+
+
+static void
+ngx_xmpp_federation_handshake_start(ngx_event_t *ev)
+{
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
+
+    c = ev->data;
+
+    if (ev->write && !ev->timedout) {
+        /* nothing to write before the peer's ClientHello */
+        return;
+    }
+
+    if (ev->timedout) {
+        /* no ClientHello in time */
+        ngx_xmpp_federation_handshake_handler(c);
+        return;
+    }
 
     rc = ngx_ssl_handshake(c);
 
@@ -635,8 +674,8 @@ ngx_xmpp_federation_handshake_handler(ngx_connection_t *c)
 
     if (!c->ssl->handshaked) {
         /* RFC 6120 5.4.3.2: the TCP connection ends */
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "XMPP STARTTLS handshake failed");
+        ngx_log_error(NGX_LOG_INFO, c->log, 0, "XMPP STARTTLS handshake %s",
+                      c->read->timedout ? "timed out" : "failed");
         ngx_xmpp_federation_finalize(s, NGX_STREAM_BAD_REQUEST);
         return;
     }

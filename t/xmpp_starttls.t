@@ -4,7 +4,9 @@
 # feature per partner policy, <proceed/> and the handshake with an RSA and
 # an ECDSA certificate, the stream restart with a fresh id, plaintext
 # pipelined behind <starttls/> forgotten, failed handshakes, "tls required"
-# enforced, xmpp_federation_protocols, and $xmpp_tls / $xmpp_auth.
+# enforced, xmpp_federation_protocols, the end of TLS (the peer's
+# close_notify ends the edge's drain; no ClientHello in time), and
+# $xmpp_tls / $xmpp_auth.
 
 use warnings;
 use strict;
@@ -12,6 +14,8 @@ use strict;
 use Test::More;
 
 use FindBin;
+use IO::Select;
+use Time::HiRes qw/ time /;
 use lib "$FindBin::Bin/lib";
 
 use Test::Nginx qw/ port scaled /;
@@ -111,13 +115,20 @@ stream {
         xmpp_federation_pass 127.0.0.1:%%PORT_8091%%;
         xmpp_federation_protocols TLSv1.3;
     }
+
+    server {
+        listen               127.0.0.1:%%PORT_8083%%;
+        xmpp_federation      inbound;
+        xmpp_federation_pass 127.0.0.1:%%PORT_8091%%;
+        xmpp_federation_timeout 1s;
+    }
 }
 
 EOF
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation TLS')->plan(63);
+$t->try_run('no xmpp_federation TLS')->plan(74);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -183,6 +194,28 @@ sub through_tls {
 sub after_features {
 	my ($x) = @_;
 	return $x->buffer() =~ s/^.*<\/stream:features>//sr;
+}
+
+# how TCP ends under a TLS connection, read raw on a dup of its socket:
+# 'eof', 'reset', or 'open' when nothing ended it within $secs
+
+sub tcp_end {
+	my ($sock, $secs) = @_;
+
+	open(my $raw, '<&', fileno($sock)) or return "dup: $!";
+
+	my $sel = IO::Select->new($raw);
+	my $deadline = time() + $secs;
+
+	while (time() < $deadline) {
+		next unless $sel->can_read($deadline - time());
+
+		my $n = sysread($raw, my $buf, 4096);
+		return 'eof' if defined $n && $n == 0;
+		return 'reset' unless defined $n;
+	}
+
+	return 'open';
 }
 
 my %port;	# access log lines by client port
@@ -451,6 +484,43 @@ Net::SSLeay::write($x->socket()->_get_ssl_object(),
 select(undef, undef, undef, 0.5);
 unlike($t->read_file('error.log'), qr/\[crit\].*SSL_shutdown/,
 	'after close_notify: late data not logged as crit');
+
+# the peer's close_notify after both ends of the stream: the edge closes
+# the connection then, not when its 5 s drain is over (the peer keeps
+# TCP open here, as a peer that waits for the edge to close first)
+
+for my $v ('TLSv1_3', 'TLSv1_2') {
+	$x = peer();
+	stream_open($x, from => 'tailspin.example');
+	tls($x, SSL_version => $v);
+	stream_open($x, from => 'tailspin.example');
+	$x->send('</stream:stream>');
+	ok($x->read_until(qr!</stream:stream>!), "close_notify $v: the edge's end");
+
+	my $port = $x->sockport();
+	Net::SSLeay::shutdown($x->socket()->_get_ssl_object());
+	my $start = time();
+
+	# the session is over when its access log line is written
+
+	ok(wait_for_file("$d/x.log", "\n$port|", 10),
+		"close_notify $v: the session ends");
+	my $elapsed = time() - $start;
+	ok($elapsed < 3, "close_notify $v: at once, not after the drain")
+		or diag("ended after $elapsed s");
+	is(tcp_end($x->socket(), 5), 'eof', "close_notify $v: TCP ends");
+}
+
+# the peer never sends its ClientHello: the establishment timeout (1s on
+# 8083) ends the connection, and the log says why
+
+$x = peer(8083);
+stream_open($x, from => 'fabrikam.example');
+$x->send("<starttls xmlns='$TLS_NS'/>");
+like(next_element($x), qr/^<proceed /, 'no ClientHello: proceed');
+ok($x->closed(timeout => 10), 'no ClientHello: closed');
+ok(wait_for_file("$d/error.log", 'XMPP STARTTLS handshake timed out'),
+	'no ClientHello: logged as a timeout');
 
 $x = undef;
 
