@@ -128,7 +128,7 @@ EOF
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation TLS')->plan(74);
+$t->try_run('no xmpp_federation TLS')->plan(77);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -510,6 +510,26 @@ for my $v ('TLSv1_3', 'TLSv1_2') {
 		or diag("ended after $elapsed s");
 	is(tcp_end($x->socket(), 5), 'eof', "close_notify $v: TCP ends");
 }
+
+# bytes that are not TLS after the edge's end: the drain stops there,
+# without a word in the log above info
+
+$x = peer();
+stream_open($x, from => 'tailspin.example');
+tls($x);
+stream_open($x, from => 'tailspin.example');
+$x->send('</stream:stream>');
+ok($x->read_until(qr!</stream:stream>!), 'not TLS after the end: the end');
+$port{garbage} = $x->sockport();
+{
+	open(my $raw, '>&', fileno($x->socket())) or die "dup: $!\n";
+	syswrite($raw, "this is no TLS record\r\n" x 8);
+}
+ok(wait_for_file("$d/x.log", "\n$port{garbage}|", 10),
+	'not TLS after the end: the session ends');
+unlike($t->read_file('error.log'),
+	qr/\[(?:crit|alert|emerg|error)\].*(?:SSL|drain)/,
+	'not TLS after the end: nothing logged above info');
 
 # the peer never sends its ClientHello: the establishment timeout (1s on
 # 8083) ends the connection, and the log says why
