@@ -1192,7 +1192,7 @@ ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
 
     if (ngx_xmpp_federation_random(id, sizeof(id)) != NGX_OK) {
         ngx_log_error(NGX_LOG_ALERT, s->connection->log, 0,
-                      "RAND_bytes() failed");
+                      "no random bytes for a stream id");
         return NGX_ERROR;
     }
 
@@ -1673,21 +1673,17 @@ ngx_xmpp_federation_linger(ngx_stream_session_t *s,
      * loop; when nothing is left to read, with the peer's answer
      */
 
-    if (c->read->ready || c->error
+    if (!c->read->ready && !c->error
 #if (NGX_STREAM_SSL)
-        || (c->ssl && SSL_has_pending(c->ssl->connection))
+        && !(c->ssl && SSL_has_pending(c->ssl->connection))
 #endif
-       )
+        && ngx_handle_read_event(c->read, 0) == NGX_OK)
     {
-        c->read->ready = 1;
-        ngx_post_event(c->read, &ngx_posted_events);
         return;
     }
 
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        c->read->ready = 1;
-        ngx_post_event(c->read, &ngx_posted_events);
-    }
+    c->read->ready = 1;
+    ngx_post_event(c->read, &ngx_posted_events);
 }
 
 

@@ -640,14 +640,14 @@ ngx_xmpp_federation_handshake_start(ngx_event_t *ev)
 
     c = ev->data;
 
-    if (ev->write && !ev->timedout) {
-        /* nothing to write before the peer's ClientHello */
-        return;
-    }
-
     if (ev->timedout) {
         /* no ClientHello in time */
         ngx_xmpp_federation_handshake_handler(c);
+        return;
+    }
+
+    if (ev->write) {
+        /* nothing to write before the peer's ClientHello */
         return;
     }
 
