@@ -105,6 +105,8 @@ static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
 static ngx_uint_t ngx_xmpp_federation_scan_known(u_char *name, size_t len);
+static ngx_uint_t ngx_xmpp_federation_scan_known_eq(u_char *name,
+    size_t *len);
 static ngx_int_t ngx_xmpp_federation_scan_close(
     ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last, u_char **end);
 static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
@@ -1650,6 +1652,73 @@ ngx_xmpp_federation_scan_known(u_char *name, size_t len)
 
 
 /*
+ * The same names followed by '=' and a quote, as stanzas mostly write
+ * them: the name's bit and its length in *len, or 0.  NAME has at least
+ * seven bytes, "xmlns='".
+ */
+
+static ngx_uint_t
+ngx_xmpp_federation_scan_known_eq(u_char *name, size_t *len)
+{
+    ngx_uint_t  known;
+
+    switch (name[0]) {
+
+    case 'f':
+        if (ngx_memcmp(name, "from=", 5) != 0) {
+            return 0;
+        }
+
+        known = NGX_XMPP_FEDERATION_ATTR_FROM;
+        *len = 4;
+        break;
+
+    case 'i':
+        if (name[1] != 'd' || name[2] != '=') {
+            return 0;
+        }
+
+        known = NGX_XMPP_FEDERATION_ATTR_ID;
+        *len = 2;
+        break;
+
+    case 't':
+        if (name[1] == 'o' && name[2] == '=') {
+            known = NGX_XMPP_FEDERATION_ATTR_TO;
+            *len = 2;
+
+        } else if (ngx_memcmp(name, "type=", 5) == 0) {
+            known = NGX_XMPP_FEDERATION_ATTR_TYPE;
+            *len = 4;
+
+        } else {
+            return 0;
+        }
+
+        break;
+
+    case 'x':
+        if (ngx_memcmp(name, "xmlns=", 6) != 0) {
+            return 0;
+        }
+
+        known = NGX_XMPP_FEDERATION_ATTR_XMLNS;
+        *len = 5;
+        break;
+
+    default:
+        return 0;
+    }
+
+    if (name[*len + 1] != '\'' && name[*len + 1] != '"') {
+        return 0;
+    }
+
+    return known;
+}
+
+
+/*
  * A start tag at *pos ('<'): NGX_OK for "<name ...>", NGX_DONE for
  * "<name .../>".  Of the stanza's own tag ("top") the addressing
  * attributes are kept; its namespace can only be jabber:server.
@@ -1683,25 +1752,61 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     name->name = s;
 
-    while (++s < last && ngx_xmpp_federation_name_char(*s)) {
-        /* void */
-    }
+    if (top && last - s > 8) {
 
-    if (s == last) {
-        return NGX_AGAIN;
+        /* a stanza's name and the byte after it, at once */
+
+        switch (*s) {
+
+        case 'm':
+            len = 7;
+            rc = (ngx_memcmp(s, "message", 7) != 0);
+            break;
+
+        case 'p':
+            len = 8;
+            rc = (ngx_memcmp(s, "presence", 8) != 0);
+            break;
+
+        case 'i':
+            len = 2;
+            rc = (s[1] != 'q');
+            break;
+
+        default:
+            return NGX_DECLINED;
+        }
+
+        if (rc != 0 || ngx_xmpp_federation_name_char(s[len])) {
+            return NGX_DECLINED;
+        }
+
+        s += len;
+
+    } else {
+
+        while (++s < last && ngx_xmpp_federation_name_char(*s)) {
+            /* void */
+        }
+
+        if (s == last) {
+            return NGX_AGAIN;
+        }
+
+        len = s - name->name;
+
+        if (top
+            && !((len == 7 && ngx_memcmp(name->name, "message", 7) == 0)
+                 || (len == 8 && ngx_memcmp(name->name, "presence", 8) == 0)
+                 || (len == 2 && ngx_memcmp(name->name, "iq", 2) == 0)))
+        {
+            return NGX_DECLINED;
+        }
     }
 
     name->len = s - name->name;
 
     if (top) {
-        if (!((name->len == 7
-               && ngx_memcmp(name->name, "message", 7) == 0)
-              || (name->len == 8
-                  && ngx_memcmp(name->name, "presence", 8) == 0)
-              || (name->len == 2 && ngx_memcmp(name->name, "iq", 2) == 0)))
-        {
-            return NGX_DECLINED;
-        }
 
         ud = (ngx_xmpp_federation_parse_ud_t *) (p + 1);
         ud->pos = ud->scratch;
@@ -1730,61 +1835,59 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     for ( ;; ) {
 
-        for (ws = 0; s < last && ngx_xmpp_federation_space(*s); s++) {
-            ws = 1;
+        /*
+         * The shape of the attributes a stanza mostly has, a space, a
+         * known name, '=' and a quote, is told at once; any other is
+         * taken a byte at a time
+         */
+
+        known = 0;
+
+        if (last - s >= 8 && *s == ' ') {
+            known = ngx_xmpp_federation_scan_known_eq(s + 1, &len);
         }
 
-        if (s == last) {
-            return NGX_AGAIN;
-        }
+        if (known) {
+            if (n++ == NGX_XMPP_FEDERATION_SCAN_ATTRS || (seen & known)) {
+                return NGX_DECLINED;
+            }
 
-        if (*s == '>') {
-            *pos = s + 1;
-            return NGX_OK;
-        }
+            seen |= known;
+            s += 1 + len + 1;
 
-        if (*s == '/') {
-            if (s + 1 == last) {
+        } else {
+
+            for (ws = 0; s < last && ngx_xmpp_federation_space(*s); s++) {
+                ws = 1;
+            }
+
+            if (s == last) {
                 return NGX_AGAIN;
             }
 
-            if (s[1] != '>') {
+            if (*s == '>') {
+                *pos = s + 1;
+                return NGX_OK;
+            }
+
+            if (*s == '/') {
+                if (s + 1 == last) {
+                    return NGX_AGAIN;
+                }
+
+                if (s[1] != '>') {
+                    return NGX_DECLINED;
+                }
+
+                *pos = s + 2;
+                return NGX_DONE;
+            }
+
+            if (!ws || !ngx_xmpp_federation_name_start(*s)) {
                 return NGX_DECLINED;
             }
 
-            *pos = s + 2;
-            return NGX_DONE;
-        }
-
-        if (!ws || !ngx_xmpp_federation_name_start(*s)) {
-            return NGX_DECLINED;
-        }
-
-        attr = s;
-
-        while (++s < last && ngx_xmpp_federation_name_char(*s)) {
-            /* void */
-        }
-
-        if (s == last) {
-            return NGX_AGAIN;
-        }
-
-        if (*s == ':') {
-
-            /* only "xml" is bound without a declaration */
-
-            if (s - attr != 3 || ngx_memcmp(attr, "xml", 3) != 0) {
-                return NGX_DECLINED;
-            }
-
-            if (++s == last) {
-                return NGX_AGAIN;
-            }
-
-            if (!ngx_xmpp_federation_name_start(*s)) {
-                return NGX_DECLINED;
-            }
+            attr = s;
 
             while (++s < last && ngx_xmpp_federation_name_char(*s)) {
                 /* void */
@@ -1793,65 +1896,91 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
             if (s == last) {
                 return NGX_AGAIN;
             }
-        }
 
-        len = s - attr;
+            if (*s == ':') {
 
-        /*
-         * An attribute once: the names a stanza mostly has are told by a
-         * bit each, the others are compared with those seen before
-         */
+                /* only "xml" is bound without a declaration */
 
-        if (n++ == NGX_XMPP_FEDERATION_SCAN_ATTRS) {
-            return NGX_DECLINED;
-        }
-
-        known = ngx_xmpp_federation_scan_known(attr, len);
-
-        if (known) {
-            if (seen & known) {
-                return NGX_DECLINED;
-            }
-
-            seen |= known;
-
-        } else {
-            for (i = 0; i < u; i++) {
-                if (attrs[i].len == len
-                    && attrs[i].name[len - 1] == attr[len - 1]
-                    && ngx_memcmp(attrs[i].name, attr, len) == 0)
-                {
+                if (s - attr != 3 || ngx_memcmp(attr, "xml", 3) != 0) {
                     return NGX_DECLINED;
+                }
+
+                if (++s == last) {
+                    return NGX_AGAIN;
+                }
+
+                if (!ngx_xmpp_federation_name_start(*s)) {
+                    return NGX_DECLINED;
+                }
+
+                while (++s < last && ngx_xmpp_federation_name_char(*s)) {
+                    /* void */
+                }
+
+                if (s == last) {
+                    return NGX_AGAIN;
                 }
             }
 
-            attrs[u].name = attr;
-            attrs[u].len = len;
-            u++;
-        }
+            len = s - attr;
 
-        while (s < last && ngx_xmpp_federation_space(*s)) {
-            s++;
-        }
+            /*
+             * An attribute once: the names a stanza mostly has are told
+             * by a bit each, the others are compared with those seen
+             * before
+             */
 
-        if (s == last) {
-            return NGX_AGAIN;
-        }
+            if (n++ == NGX_XMPP_FEDERATION_SCAN_ATTRS) {
+                return NGX_DECLINED;
+            }
 
-        if (*s++ != '=') {
-            return NGX_DECLINED;
-        }
+            known = ngx_xmpp_federation_scan_known(attr, len);
 
-        while (s < last && ngx_xmpp_federation_space(*s)) {
-            s++;
-        }
+            if (known) {
+                if (seen & known) {
+                    return NGX_DECLINED;
+                }
 
-        if (s == last) {
-            return NGX_AGAIN;
-        }
+                seen |= known;
 
-        if (*s != '"' && *s != '\'') {
-            return NGX_DECLINED;
+            } else {
+                for (i = 0; i < u; i++) {
+                    if (attrs[i].len == len
+                        && attrs[i].name[len - 1] == attr[len - 1]
+                        && ngx_memcmp(attrs[i].name, attr, len) == 0)
+                    {
+                        return NGX_DECLINED;
+                    }
+                }
+
+                attrs[u].name = attr;
+                attrs[u].len = len;
+                u++;
+            }
+
+            while (s < last && ngx_xmpp_federation_space(*s)) {
+                s++;
+            }
+
+            if (s == last) {
+                return NGX_AGAIN;
+            }
+
+            if (*s++ != '=') {
+                return NGX_DECLINED;
+            }
+
+            while (s < last && ngx_xmpp_federation_space(*s)) {
+                s++;
+            }
+
+            if (s == last) {
+                return NGX_AGAIN;
+            }
+
+            if (*s != '"' && *s != '\'') {
+                return NGX_DECLINED;
+            }
         }
 
         quote = *s++;

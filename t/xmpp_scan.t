@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(129);
+$t->try_run('no xmpp_federation')->plan(144);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -461,6 +461,20 @@ is(passes(msg('p16', "<_a.b-c1 _x.y-z2='1'/><A/>")),
 is(passes(msg('p17', '<body>&#x10FFFF;&#65;&#0000000065;&#x000041;</body>')),
 	'byte for byte', 'longest char ref, zero padded refs');
 
+# what the scan tells at once, a stanza's name and " from='", " to='",
+# " id='", " type='", " xmlns='", and the near misses it takes a byte at
+# a time
+
+is(passes("<iq from='$FROM' to='$TO' id='q1' type='get'>"
+		. "<query xmlns='jabber:iq:version'/></iq>"
+		. "<presence from=\"$FROM\" to=\"$TO\" type=\"probe\"/>"
+		. "<message\tfrom='$FROM'\nto='$TO' id ='f1' type= 'chat'/>"
+		. "<presence from='$FROM'  to='$TO' xmlns=\"jabber:server\"/>"
+		. "<message fromx='1' from='$FROM' tox='2' to='$TO' idx='3'"
+		. " types='4' xmlnsx='5' ids='6' id='f2' t='7' i='8' f='9'"
+		. " x='10'/>"),
+	'byte for byte', 'names and attributes told at once, and near misses');
+
 # the scan's limits: 16 attributes, 32 levels; beyond, expat
 
 is(passes(msg('p18', '<x ' . join(' ', map { "a$_='$_'" } 1 .. 16) . '/>'
@@ -624,6 +638,20 @@ my @malformed = (
 	['xmlns twice on a child',
 		msg('b37', "<x xmlns='urn:a' xmlns='urn:a'/>")],
 	['id twice among others', msg('b38', "<x a='1' id='2' b='3' id='2'/>")],
+	['from twice, the second with spaces around =',
+		"<message from='$FROM' to='$TO' id='b39' from = '$FROM'/>"],
+	['to twice, the first with a tab before it',
+		"<message\tto='$TO' from='$FROM' to='$TO' id='b40'/>"],
+	['id twice, in either quotes',
+		"<message from='$FROM' to='$TO' id='b41' id=\"b41\"/>"],
+	['xmlns twice on the stanza',
+		"<message xmlns='jabber:server' from='$FROM' to='$TO'"
+		. " xmlns='jabber:server'/>"],
+	['no whitespace before a known attribute',
+		"<message from='${FROM}'to='$TO' id='b44'/>"],
+	['known attribute without a value', "<message from='$FROM' to= id='b43'/>"],
+	['stanza name with an unbound prefix',
+		"<message:x from='$FROM' to='$TO'/>"],
 	['text between stanzas', "hello " . msg('b31')],
 	['stanza end tag missing, next stanza inside',
 		"<message from='$FROM' to='$TO' id='b32'><body>x</body>"
@@ -636,6 +664,14 @@ is(join(', ', map { $_->[0] } @bad_inputs), '',
 
 for my $m (@malformed) {
 	is(refused($m->[1]), $NWF, "$m->[0]: not-well-formed");
+}
+
+# names that start like a stanza's: well-formed, not stanzas
+
+for my $name (qw/ messages message-x message.x Message iq2 i presenc /) {
+	is(refused("<$name from='$FROM' to='$TO' id='n1'/>"),
+		'unsupported-stanza-type; the good stanza only',
+		"<$name/> at the top: unsupported-stanza-type");
 }
 
 is(refused(msg('r1', '<body><!-- hi --></body>')),
