@@ -13,6 +13,13 @@
 #include <ngx_stream.h>
 #include <expat.h>
 
+/* SSE2, on every x86-64, for the scans of bytes */
+
+#if (defined __SSE2__ && defined __GNUC__)
+#define NGX_XMPP_FEDERATION_SSE2  1
+#include <emmintrin.h>
+#endif
+
 
 typedef struct ngx_xmpp_federation_peer_s    ngx_xmpp_federation_peer_t;
 typedef struct ngx_xmpp_federation_verify_s  ngx_xmpp_federation_verify_t;

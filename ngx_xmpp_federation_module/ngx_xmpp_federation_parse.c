@@ -51,11 +51,6 @@
 #define NGX_XMPP_FEDERATION_ATTR_TYPE   0x08
 #define NGX_XMPP_FEDERATION_ATTR_XMLNS  0x10
 
-#if (defined __SSE2__ && defined __GNUC__)
-#define NGX_XMPP_FEDERATION_SSE2  1
-#include <emmintrin.h>
-#endif
-
 /* AVX2 where the CPU has it, chosen at run time: the build is for any */
 
 #if (NGX_XMPP_FEDERATION_SSE2 && defined __x86_64__                        \

@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(144);
+$t->try_run('no xmpp_federation')->plan(151);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -475,6 +475,18 @@ is(passes("<iq from='$FROM' to='$TO' id='q1' type='get'>"
 		. " x='10'/>"),
 	'byte for byte', 'names and attributes told at once, and near misses');
 
+# the domain of from and to, found 16 bytes at a time from each end in
+# JIDs of 16 to 32 bytes: '@' and '/' in the resource, at every length
+# around those
+
+is(passes(join('', map {
+		my $r = substr('x@y/z@' x 6, 0, $_);
+		"<message from='bob\@fabrikam.example/$r'"
+			. " to='contoso.example/$r' id='j$_'/>"
+			. "<message from='fabrikam.example/$r' to='$TO/$r'/>"
+	} 0 .. 16)),
+	'byte for byte', "JIDs of 15 to 38 bytes, '\@' and '/' in resources");
+
 # the scan's limits: 16 attributes, 32 levels; beyond, expat
 
 is(passes(msg('p18', '<x ' . join(' ', map { "a$_='$_'" } 1 .. 16) . '/>'
@@ -692,6 +704,18 @@ is(refused(msg('b51', '<body>&foo;</body>'), together => 1,
 is(refused("<message from='mallory\@litware.example' to='$TO'/>",
 		together => 1), 'invalid-from; the good stanza only',
 	'good stanza, then a spoofed one in the same write');
+
+# a domain named in a JID's local part or resource is not its domain
+
+for my $jid ('fabrikam.example@evil.example', 'fabrikam.example@a.example',
+	'fabrikam.example@example', 'litware.example/fabrikam.example',
+	'a@litware.example/@fabrikam.example',
+	'fabrikam.example@litware.example/x/fabrikam.example')
+{
+	is(refused("<message from='$jid' to='$TO'/>"),
+		'invalid-from; the good stanza only',
+		"from='$jid' (" . length($jid) . ' bytes): invalid-from');
+}
 
 # a control character and a stray UTF-8 continuation byte where the
 # text scan reads 64 and 32 bytes at a time
