@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(151);
+$t->try_run('no xmpp_federation')->plan(156);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -487,6 +487,10 @@ is(passes(join('', map {
 	} 0 .. 16)),
 	'byte for byte', "JIDs of 15 to 38 bytes, '\@' and '/' in resources");
 
+is(passes(msg('p20', '<abcdefg>a</abcdefg><abcdefgh>b</abcdefgh >'
+		. '<abcdefghi>c</abcdefghi><a>d</a>')),
+	'byte for byte', 'end tags of 1, 7, 8 and 9 bytes');
+
 # the scan's limits: 16 attributes, 32 levels; beyond, expat
 
 is(passes(msg('p18', '<x ' . join(' ', map { "a$_='$_'" } 1 .. 16) . '/>'
@@ -664,6 +668,13 @@ my @malformed = (
 	['known attribute without a value', "<message from='$FROM' to= id='b43'/>"],
 	['stanza name with an unbound prefix',
 		"<message:x from='$FROM' to='$TO'/>"],
+	['end tag of 7 bytes, the 7th other', msg('b45', '<abcdefg></abcdefh>')],
+	['end tag of 8 bytes, the 8th other',
+		msg('b46', '<abcdefgh></abcdefgi>')],
+	['end tag of 8 bytes, the 1st other',
+		msg('b47', '<abcdefgh></xbcdefgh>')],
+	['end tag of 9 bytes, the 9th other',
+		msg('b48', '<abcdefghi></abcdefghj>')],
 	['text between stanzas', "hello " . msg('b31')],
 	['stanza end tag missing, next stanza inside',
 		"<message from='$FROM' to='$TO' id='b32'><body>x</body>"
