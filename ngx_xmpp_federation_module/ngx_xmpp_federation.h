@@ -501,6 +501,39 @@ ngx_int_t ngx_xmpp_federation_auth(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 
 
+/*
+ * LEN bytes at A and B alike: names and domains are mostly 4 to 16
+ * bytes, compared as two words that overlap, without a call
+ */
+
+static ngx_inline ngx_uint_t
+ngx_xmpp_federation_same(u_char *a, u_char *b, size_t len)
+{
+    uint32_t  a4[2], b4[2];
+    uint64_t  a8[2], b8[2];
+
+    if (len >= 8 && len <= 16) {
+        ngx_memcpy(&a8[0], a, 8);
+        ngx_memcpy(&a8[1], a + len - 8, 8);
+        ngx_memcpy(&b8[0], b, 8);
+        ngx_memcpy(&b8[1], b + len - 8, 8);
+
+        return ((a8[0] ^ b8[0]) | (a8[1] ^ b8[1])) == 0;
+    }
+
+    if (len >= 4 && len < 8) {
+        ngx_memcpy(&a4[0], a, 4);
+        ngx_memcpy(&a4[1], a + len - 4, 4);
+        ngx_memcpy(&b4[0], b, 4);
+        ngx_memcpy(&b4[1], b + len - 4, 4);
+
+        return ((a4[0] ^ b4[0]) | (a4[1] ^ b4[1])) == 0;
+    }
+
+    return ngx_memcmp(a, b, len) == 0;
+}
+
+
 extern ngx_module_t  ngx_stream_xmpp_federation_module;
 
 

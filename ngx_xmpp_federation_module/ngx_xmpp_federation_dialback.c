@@ -453,12 +453,13 @@ ngx_xmpp_federation_find_pair(ngx_xmpp_federation_ctx_t *ctx,
 
         /* the pair is in lowercase, and so are the stanzas, mostly */
 
-        if ((ngx_memcmp(pair[i].remote.data, remote->data, remote->len)
-             == 0
+        if ((ngx_xmpp_federation_same(pair[i].remote.data, remote->data,
+                                      remote->len)
              || ngx_strncasecmp(pair[i].remote.data, remote->data,
                                 remote->len)
                 == 0)
-            && (ngx_memcmp(pair[i].local.data, local->data, local->len) == 0
+            && (ngx_xmpp_federation_same(pair[i].local.data, local->data,
+                                         local->len)
                 || ngx_strncasecmp(pair[i].local.data, local->data,
                                    local->len)
                    == 0))

@@ -99,8 +99,6 @@ static ngx_int_t ngx_xmpp_federation_scan_tag(
 static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
-static ngx_uint_t ngx_xmpp_federation_scan_same(u_char *pos, u_char *name,
-    size_t len, u_char *last);
 static ngx_uint_t ngx_xmpp_federation_scan_known(u_char *name, size_t len);
 static ngx_uint_t ngx_xmpp_federation_scan_known_eq(u_char *name,
     size_t *len);
@@ -1562,9 +1560,7 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
                 return NGX_AGAIN;
             }
 
-            if (!ngx_xmpp_federation_scan_same(pos, stack[depth - 1].name,
-                                               len, last))
-            {
+            if (!ngx_xmpp_federation_same(pos, stack[depth - 1].name, len)) {
                 return NGX_DECLINED;
             }
 
@@ -1607,37 +1603,6 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
             return rc;
         }
     }
-}
-
-
-/*
- * An end tag's name at POS against the start tag's NAME, earlier in the
- * same buffer: a name of up to 8 bytes in one comparison of 8 bytes when
- * as many are there to read
- */
-
-static ngx_uint_t
-ngx_xmpp_federation_scan_same(u_char *pos, u_char *name, size_t len,
-    u_char *last)
-{
-#if (NGX_HAVE_LITTLE_ENDIAN && NGX_HAVE_NONALIGNED)
-    uint64_t  a, b;
-
-    if (len <= 8 && last - pos >= 8) {
-        ngx_memcpy(&a, pos, 8);
-        ngx_memcpy(&b, name, 8);
-
-        a ^= b;
-
-        if (len < 8) {
-            a &= ((uint64_t) 1 << (len * 8)) - 1;
-        }
-
-        return a == 0;
-    }
-#endif
-
-    return ngx_memcmp(pos, name, len) == 0;
 }
 
 
