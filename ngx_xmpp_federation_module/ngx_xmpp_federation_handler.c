@@ -35,6 +35,10 @@ static void ngx_xmpp_federation_end_stream(ngx_stream_session_t *s,
 static ngx_int_t ngx_xmpp_federation_room(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
 static void ngx_xmpp_federation_cut(ngx_xmpp_federation_ctx_t *ctx);
+#if (NGX_XMPP_FEDERATION_SSE2)
+static ngx_int_t ngx_xmpp_federation_jid_domain16(ngx_str_t *jid,
+    ngx_str_t *domain);
+#endif
 static void ngx_xmpp_federation_cleanup(void *data);
 static ngx_int_t ngx_xmpp_federation_out_header(ngx_stream_session_t *s,
     ngx_xmpp_federation_ctx_t *ctx);
@@ -482,6 +486,18 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
                    "xmpp element: {%V}%V, %O bytes", &p->ns, &p->name,
                    p->end - p->start);
 
+    /* stanzas first: the relay's case */
+
+    if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_SERVER)) {
+
+        if (ngx_xmpp_federation_is(&p->name, "message")
+            || ngx_xmpp_federation_is(&p->name, "presence")
+            || ngx_xmpp_federation_is(&p->name, "iq"))
+        {
+            return ngx_xmpp_federation_stanza(s, ctx);
+        }
+    }
+
     if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_TLS)
         && ngx_xmpp_federation_is(&p->name, "starttls"))
     {
@@ -523,16 +539,6 @@ ngx_xmpp_federation_element(ngx_stream_session_t *s,
 
         if (ngx_xmpp_federation_is(&p->name, "verify")) {
             return ngx_xmpp_federation_db_verify(s, ctx);
-        }
-    }
-
-    if (ngx_xmpp_federation_is(&p->ns, NGX_XMPP_FEDERATION_NS_SERVER)) {
-
-        if (ngx_xmpp_federation_is(&p->name, "message")
-            || ngx_xmpp_federation_is(&p->name, "presence")
-            || ngx_xmpp_federation_is(&p->name, "iq"))
-        {
-            return ngx_xmpp_federation_stanza(s, ctx);
         }
     }
 
@@ -736,11 +742,14 @@ ngx_xmpp_federation_release(ngx_stream_session_t *s,
 ngx_int_t
 ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
 {
-    u_char    *p, *start, *end;
+    u_char  *p, *start, *end;
+
 #if (NGX_XMPP_FEDERATION_SSE2)
-    size_t     n;
-    uint64_t   slash, at;
-    __m128i    a, b, c;
+
+    if (jid->len >= 16 && jid->len <= 32) {
+        return ngx_xmpp_federation_jid_domain16(jid, domain);
+    }
+
 #endif
 
     if (jid->len == 0) {
@@ -750,43 +759,7 @@ ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
     start = jid->data;
     end = jid->data + jid->len;
 
-#if (NGX_XMPP_FEDERATION_SSE2)
-
-    /*
-     * A JID of 16 to 32 bytes, as most are: one load from each end, not
-     * past it, finds its '/' and '@', a bit a byte
-     */
-
-    if (jid->len >= 16 && jid->len <= 32) {
-        n = jid->len - 16;
-
-        a = _mm_loadu_si128((const __m128i *) start);
-        b = _mm_loadu_si128((const __m128i *) (end - 16));
-
-        c = _mm_set1_epi8('/');
-        slash = (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(a, c))
-                | (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(b, c)) << n;
-
-        c = _mm_set1_epi8('@');
-        at = (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(a, c))
-             | (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(b, c)) << n;
-
-        if (slash) {
-            n = __builtin_ctzll(slash);
-            end = start + n;
-            at &= ((uint64_t) 1 << n) - 1;
-        }
-
-        if (at) {
-            start += __builtin_ctzll(at) + 1;
-        }
-
-        goto done;
-    }
-
-#endif
-
-    /* memchr(): many bytes at a time, once per stanza and address */
+    /* memchr(): many bytes at a time */
 
     p = memchr(start, '/', jid->len);
     if (p) {
@@ -798,9 +771,56 @@ ngx_xmpp_federation_jid_domain(ngx_str_t *jid, ngx_str_t *domain)
         start = (u_char *) p + 1;
     }
 
+    if (start == end) {
+        return NGX_ERROR;
+    }
+
+    domain->data = start;
+    domain->len = end - start;
+
+    return NGX_OK;
+}
+
+
 #if (NGX_XMPP_FEDERATION_SSE2)
-done:
-#endif
+
+/*
+ * A JID of 16 to 32 bytes, as most are: one load from each end, not past
+ * it, finds its '/' and '@', a bit a byte
+ */
+
+static ngx_int_t
+ngx_xmpp_federation_jid_domain16(ngx_str_t *jid, ngx_str_t *domain)
+{
+    u_char    *start, *end;
+    size_t     n;
+    uint64_t   slash, at;
+    __m128i    a, b, c;
+
+    start = jid->data;
+    end = jid->data + jid->len;
+    n = jid->len - 16;
+
+    a = _mm_loadu_si128((const __m128i *) start);
+    b = _mm_loadu_si128((const __m128i *) (end - 16));
+
+    c = _mm_set1_epi8('/');
+    slash = (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(a, c))
+            | (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(b, c)) << n;
+
+    c = _mm_set1_epi8('@');
+    at = (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(a, c))
+         | (uint64_t) _mm_movemask_epi8(_mm_cmpeq_epi8(b, c)) << n;
+
+    if (slash) {
+        n = __builtin_ctzll(slash);
+        end = start + n;
+        at &= ((uint64_t) 1 << n) - 1;
+    }
+
+    if (at) {
+        start += __builtin_ctzll(at) + 1;
+    }
 
     if (start == end) {
         return NGX_ERROR;
@@ -811,6 +831,8 @@ done:
 
     return NGX_OK;
 }
+
+#endif
 
 
 /*

@@ -105,7 +105,8 @@ static ngx_uint_t ngx_xmpp_federation_scan_known_eq(u_char *name,
 static ngx_int_t ngx_xmpp_federation_scan_close(
     ngx_xmpp_federation_parser_t *p, u_char *pos, u_char *last, u_char **end);
 static ngx_int_t ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last);
-static u_char *ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last);
+static u_char *ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last,
+    u_char quote);
 static u_char *ngx_xmpp_federation_scan_text(u_char *pos, u_char *last);
 #if (NGX_XMPP_FEDERATION_AVX2)
 static u_char *ngx_xmpp_federation_scan_text_avx2(u_char *pos, u_char *last)
@@ -2068,7 +2069,7 @@ ngx_xmpp_federation_scan_value(u_char **pos, u_char *last, u_char quote,
 
     for ( ;; ) {
 
-        s = ngx_xmpp_federation_scan_plain(s, last);
+        s = ngx_xmpp_federation_scan_plain(s, last, quote);
 
         if (s == last) {
             return NGX_AGAIN;
@@ -2266,19 +2267,21 @@ ngx_xmpp_federation_scan_utf8(u_char **pos, u_char *last)
 }
 
 
-/* the first byte of an attribute value that is not plain ASCII */
+/*
+ * The first byte of an attribute value that is not plain ASCII, or its
+ * closing quote; the other quote, plain in it, stops only the byte loop
+ */
 
 static u_char *
-ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last)
+ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last, u_char quote)
 {
 #if (NGX_XMPP_FEDERATION_SSE2)
     unsigned int  mask;
-    __m128i       v, m, one, low, quot, apos, amp, lt;
+    __m128i       v, m, one, low, q, amp, lt;
 
     one = _mm_set1_epi8(1);
     low = _mm_set1_epi8(0x21);
-    quot = _mm_set1_epi8('"');
-    apos = _mm_set1_epi8('\'');
+    q = _mm_set1_epi8((char) quote);
     amp = _mm_set1_epi8('&');
     lt = _mm_set1_epi8('<');
 
@@ -2287,11 +2290,8 @@ ngx_xmpp_federation_scan_plain(u_char *pos, u_char *last)
 
         m = _mm_or_si128(
                 _mm_or_si128(_mm_cmplt_epi8(_mm_add_epi8(v, one), low),
-                             _mm_cmpeq_epi8(v, quot)),
-                _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v, apos),
-                                 _mm_cmpeq_epi8(v, amp)),
-                    _mm_cmpeq_epi8(v, lt)));
+                             _mm_cmpeq_epi8(v, q)),
+                _mm_or_si128(_mm_cmpeq_epi8(v, amp), _mm_cmpeq_epi8(v, lt)));
 
         mask = (unsigned int) _mm_movemask_epi8(m);
 
