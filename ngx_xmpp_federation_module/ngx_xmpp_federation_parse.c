@@ -99,7 +99,8 @@ static ngx_int_t ngx_xmpp_federation_scan_tag(
 static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
-static ngx_uint_t ngx_xmpp_federation_scan_known(u_char *name, size_t len);
+static ngx_inline ngx_uint_t ngx_xmpp_federation_scan_known(u_char *name,
+    size_t len);
 static ngx_uint_t ngx_xmpp_federation_scan_known_eq(u_char *name,
     size_t *len);
 static ngx_int_t ngx_xmpp_federation_scan_close(
@@ -1609,7 +1610,7 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
 
 /* the attribute names a stanza mostly has, a bit each; 0 for others */
 
-static ngx_uint_t
+static ngx_inline ngx_uint_t
 ngx_xmpp_federation_scan_known(u_char *name, size_t len)
 {
     switch (len) {
@@ -1657,61 +1658,23 @@ ngx_xmpp_federation_scan_known(u_char *name, size_t len)
 static ngx_uint_t
 ngx_xmpp_federation_scan_known_eq(u_char *name, size_t *len)
 {
-    ngx_uint_t  known;
+    size_t  n;
 
-    switch (name[0]) {
+    /* the known names have 2 to 5 bytes */
 
-    case 'f':
-        if (ngx_memcmp(name, "from=", 5) != 0) {
+    for (n = 2; name[n] != '='; n++) {
+        if (n == 5) {
             return 0;
         }
+    }
 
-        known = NGX_XMPP_FEDERATION_ATTR_FROM;
-        *len = 4;
-        break;
-
-    case 'i':
-        if (name[1] != 'd' || name[2] != '=') {
-            return 0;
-        }
-
-        known = NGX_XMPP_FEDERATION_ATTR_ID;
-        *len = 2;
-        break;
-
-    case 't':
-        if (name[1] == 'o' && name[2] == '=') {
-            known = NGX_XMPP_FEDERATION_ATTR_TO;
-            *len = 2;
-
-        } else if (ngx_memcmp(name, "type=", 5) == 0) {
-            known = NGX_XMPP_FEDERATION_ATTR_TYPE;
-            *len = 4;
-
-        } else {
-            return 0;
-        }
-
-        break;
-
-    case 'x':
-        if (ngx_memcmp(name, "xmlns=", 6) != 0) {
-            return 0;
-        }
-
-        known = NGX_XMPP_FEDERATION_ATTR_XMLNS;
-        *len = 5;
-        break;
-
-    default:
+    if (name[n + 1] != '\'' && name[n + 1] != '"') {
         return 0;
     }
 
-    if (name[*len + 1] != '\'' && name[*len + 1] != '"') {
-        return 0;
-    }
+    *len = n;
 
-    return known;
+    return ngx_xmpp_federation_scan_known(name, n);
 }
 
 
@@ -1749,32 +1712,40 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     name->name = s;
 
-    if (top && last - s > 8) {
+    if (top) {
 
-        /* a stanza's name and the byte after it, at once */
+        /*
+         * A stanza's name, told by its first letter, and the byte after
+         * it: the name is that whole word or the element is no stanza
+         */
 
         switch (*s) {
 
         case 'm':
             len = 7;
-            rc = (ngx_memcmp(s, "message", 7) != 0);
             break;
 
         case 'p':
             len = 8;
-            rc = (ngx_memcmp(s, "presence", 8) != 0);
             break;
 
         case 'i':
             len = 2;
-            rc = (s[1] != 'q');
             break;
 
         default:
             return NGX_DECLINED;
         }
 
-        if (rc != 0 || ngx_xmpp_federation_name_char(s[len])) {
+        if ((size_t) (last - s) <= len) {
+            return NGX_AGAIN;
+        }
+
+        if (!((len == 7 && ngx_memcmp(s, "message", 7) == 0)
+              || (len == 8 && ngx_memcmp(s, "presence", 8) == 0)
+              || (len == 2 && s[1] == 'q'))
+            || ngx_xmpp_federation_name_char(s[len]))
+        {
             return NGX_DECLINED;
         }
 
@@ -1788,16 +1759,6 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         if (s == last) {
             return NGX_AGAIN;
-        }
-
-        len = s - name->name;
-
-        if (top
-            && !((len == 7 && ngx_memcmp(name->name, "message", 7) == 0)
-                 || (len == 8 && ngx_memcmp(name->name, "presence", 8) == 0)
-                 || (len == 2 && ngx_memcmp(name->name, "iq", 2) == 0)))
-        {
-            return NGX_DECLINED;
         }
     }
 
