@@ -1712,7 +1712,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     name->name = s;
 
-    if (top) {
+    if (top && last - s > 8) {
 
         /*
          * A stanza's name, told by its first letter, and the byte after
@@ -1723,29 +1723,24 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         case 'm':
             len = 7;
+            rc = (ngx_memcmp(s, "message", 7) != 0);
             break;
 
         case 'p':
             len = 8;
+            rc = (ngx_memcmp(s, "presence", 8) != 0);
             break;
 
         case 'i':
             len = 2;
+            rc = (s[1] != 'q');
             break;
 
         default:
             return NGX_DECLINED;
         }
 
-        if ((size_t) (last - s) <= len) {
-            return NGX_AGAIN;
-        }
-
-        if (!((len == 7 && ngx_memcmp(s, "message", 7) == 0)
-              || (len == 8 && ngx_memcmp(s, "presence", 8) == 0)
-              || (len == 2 && s[1] == 'q'))
-            || ngx_xmpp_federation_name_char(s[len]))
-        {
+        if (rc != 0 || ngx_xmpp_federation_name_char(s[len])) {
             return NGX_DECLINED;
         }
 
@@ -1753,12 +1748,24 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
     } else {
 
+        /* near the end of the bytes read: the name as it is there */
+
         while (++s < last && ngx_xmpp_federation_name_char(*s)) {
             /* void */
         }
 
         if (s == last) {
             return NGX_AGAIN;
+        }
+
+        len = s - name->name;
+
+        if (top
+            && !((len == 7 && ngx_memcmp(name->name, "message", 7) == 0)
+                 || (len == 8 && ngx_memcmp(name->name, "presence", 8) == 0)
+                 || (len == 2 && ngx_memcmp(name->name, "iq", 2) == 0)))
+        {
+            return NGX_DECLINED;
         }
     }
 

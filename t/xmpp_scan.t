@@ -82,7 +82,7 @@ my $d = $t->testdir();
 
 $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), port(8081), "$d/gateway.log");
-$t->try_run('no xmpp_federation')->plan(156);
+$t->try_run('no xmpp_federation')->plan(160);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -695,6 +695,14 @@ for my $name (qw/ messages message-x message.x Message iq2 i presenc /) {
 	is(refused("<$name from='$FROM' to='$TO' id='n1'/>"),
 		'unsupported-stanza-type; the good stanza only',
 		"<$name/> at the top: unsupported-stanza-type");
+}
+
+# shorter than the stanza name its first letter stands for, at the end of
+# the bytes read: refused at once, not waited on
+
+for my $name (qw/ p m mess i /) {
+	is(refused("<$name/>"), 'unsupported-stanza-type; the good stanza only',
+		"<$name/> alone at the top: unsupported-stanza-type");
 }
 
 is(refused(msg('r1', '<body><!-- hi --></body>')),
