@@ -99,6 +99,8 @@ static ngx_int_t ngx_xmpp_federation_scan_tag(
 static ngx_int_t ngx_xmpp_federation_scan_value(u_char **pos, u_char *last,
     u_char quote, ngx_uint_t *simple);
 static ngx_int_t ngx_xmpp_federation_scan_ref(u_char **pos, u_char *last);
+static ngx_inline ngx_uint_t ngx_xmpp_federation_scan_stanza_name(
+    u_char *name, size_t len);
 static ngx_inline ngx_uint_t ngx_xmpp_federation_scan_known(u_char *name,
     size_t len);
 static ngx_uint_t ngx_xmpp_federation_scan_known_eq(u_char *name,
@@ -1608,6 +1610,17 @@ ngx_xmpp_federation_scan_stanza(ngx_xmpp_federation_parser_t *p,
 }
 
 
+/* a stanza's name: message, presence or iq */
+
+static ngx_inline ngx_uint_t
+ngx_xmpp_federation_scan_stanza_name(u_char *name, size_t len)
+{
+    return (len == 7 && ngx_memcmp(name, "message", 7) == 0)
+           || (len == 8 && ngx_memcmp(name, "presence", 8) == 0)
+           || (len == 2 && name[0] == 'i' && name[1] == 'q');
+}
+
+
 /* the attribute names a stanza mostly has, a bit each; 0 for others */
 
 static ngx_inline ngx_uint_t
@@ -1723,24 +1736,23 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         case 'm':
             len = 7;
-            rc = (ngx_memcmp(s, "message", 7) != 0);
             break;
 
         case 'p':
             len = 8;
-            rc = (ngx_memcmp(s, "presence", 8) != 0);
             break;
 
         case 'i':
             len = 2;
-            rc = (s[1] != 'q');
             break;
 
         default:
             return NGX_DECLINED;
         }
 
-        if (rc != 0 || ngx_xmpp_federation_name_char(s[len])) {
+        if (ngx_xmpp_federation_name_char(s[len])
+            || !ngx_xmpp_federation_scan_stanza_name(s, len))
+        {
             return NGX_DECLINED;
         }
 
@@ -1760,11 +1772,7 @@ ngx_xmpp_federation_scan_tag(ngx_xmpp_federation_parser_t *p, u_char **pos,
 
         len = s - name->name;
 
-        if (top
-            && !((len == 7 && ngx_memcmp(name->name, "message", 7) == 0)
-                 || (len == 8 && ngx_memcmp(name->name, "presence", 8) == 0)
-                 || (len == 2 && ngx_memcmp(name->name, "iq", 2) == 0)))
-        {
+        if (top && !ngx_xmpp_federation_scan_stanza_name(name->name, len)) {
             return NGX_DECLINED;
         }
     }
