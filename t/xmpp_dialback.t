@@ -125,7 +125,7 @@ $t->run_daemon(\&authoritative, port(8090));
 $t->run_daemon(\&gateway, port(8091), $edge_out, "$d/gateway.log");
 $t->run_daemon(\&gateway, port(8092), $edge_out, "$d/gateway-slow.log",
 	slow => 1);
-$t->try_run('no xmpp_federation')->plan(54);
+$t->try_run('no xmpp_federation')->plan(61);
 
 $t->waitforsocket('127.0.0.1:' . port(8090));
 $t->waitforsocket('127.0.0.1:' . port(8091));
@@ -175,6 +175,15 @@ $x->send("<message from='eve\@corp.fabrikam.example'"
 	. " to='alice\@contoso.example' id='m3'/>");
 ok(wait_for_log("id='m3'"), 'stanza from additional domain relayed');
 
+# back to the first domain, and that domain in other case
+
+$x->send("<message from='bob\@fabrikam.example'"
+	. " to='alice\@contoso.example' id='m4'/>"
+	. "<message from='bob\@FABRIKAM.example'"
+	. " to='alice\@Contoso.Example' id='m5'/>");
+ok(wait_for_log("id='m5'"), 'stanzas of both domains in turn relayed');
+like($t->read_file('gateway.log'), qr/id='m4'/, 'first domain again');
+
 # multiplexed domain of another partner, and an unlisted one
 
 $x->send("<db:result from='litware.example' to='contoso.example'>"
@@ -200,6 +209,26 @@ is($x->stream_error(), 'invalid-from', 'spoofed from: invalid-from');
 ok($x->closed(), 'spoofed from: closed');
 unlike($t->read_file('gateway.log'), qr/spoof/,
 	'spoofed stanza not delivered');
+
+# after a run of stanzas between two domains, one domain of the same
+# length that differs in a byte is not taken for it, either way
+
+$x = authenticated('fabrikam.example');
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='run1'/><message from='bob\@fabrikan.example'"
+	. " to='alice\@contoso.example' id='near1'/>");
+is($x->stream_error(), 'invalid-from', 'near-miss from: invalid-from');
+ok(wait_for_log("id='run1'"), 'stanza before the near miss relayed');
+
+$x = authenticated('fabrikam.example');
+$x->send("<message from='bob\@fabrikam.example' to='alice\@contoso.example'"
+	. " id='run2'/><message from='bob\@fabrikam.example'"
+	. " to='alice\@contoso.exampld' id='near2'/>");
+is($x->stream_error(), 'improper-addressing',
+	'near-miss to: improper-addressing');
+ok(wait_for_log("id='run2'"), 'stanza before the near-miss to relayed');
+unlike($t->read_file('gateway.log'), qr/near[12]/,
+	'nothing of the near misses relayed');
 
 # the partner ends its stream: both sides end cleanly
 
@@ -404,7 +433,7 @@ $t->stop();
 like($t->read_file('error.log'), qr/dialback: "fabrikam.example" authenticated/,
 	'decision logged');
 like($t->read_file('access.log'),
-	qr/^fabrikam\.example corp\.fabrikam\.example\|dialback\|\|3$/m,
+	qr/^fabrikam\.example corp\.fabrikam\.example\|dialback\|\|5$/m,
 	'domains, method and stanza count logged');
 
 ###############################################################################
