@@ -253,7 +253,6 @@ typedef struct {
     unsigned                        pending:1;     /* a partial scan */
     unsigned                        clean:1;       /* expat holds no part */
     unsigned                        waking:1;      /* the header again */
-    unsigned                        stanza:1;      /* a scanned stanza */
 } ngx_xmpp_federation_parser_t;
 
 
@@ -343,7 +342,6 @@ typedef struct {
     u_char                         *checked;       /* end of checked bytes */
 
     ngx_array_t                     pairs;         /* of pair_t */
-    ngx_uint_t                      last_pair;     /* its index + 1 */
     ngx_uint_t                      verifying;     /* dialbacks under way */
     ngx_queue_t                     verifies;
     ngx_xmpp_federation_peer_t     *gateway;

@@ -377,11 +377,7 @@ ngx_xmpp_federation_input(ngx_stream_session_t *s,
             break;
 
         case ngx_xmpp_ev_element:
-
-            /* the scan vouches that it is a stanza: the relay's case */
-
-            rc = p->stanza ? ngx_xmpp_federation_stanza(s, ctx)
-                           : ngx_xmpp_federation_element(s, ctx);
+            rc = ngx_xmpp_federation_element(s, ctx);
             break;
 
         default: /* ngx_xmpp_ev_close */
@@ -595,9 +591,6 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
 
     p = ctx->parser;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, s->connection->log, 0,
-                   "xmpp stanza: %V, %O bytes", &p->name, p->end - p->start);
-
     fscf = ngx_stream_get_module_srv_conf(s,
                                           ngx_stream_xmpp_federation_module);
 
@@ -643,29 +636,9 @@ ngx_xmpp_federation_stanza(ngx_stream_session_t *s,
         return NGX_DONE;
     }
 
-    /*
-     * A pair is only ever made for a local domain.  Stanzas mostly come
-     * in runs between the same two domains: the pair of the last one is
-     * tried first, as it is written (find_pair() also takes other case).
-     */
+    /* a pair is only ever made for a local domain */
 
-    pair = ctx->last_pair
-           ? &((ngx_xmpp_federation_pair_t *) ctx->pairs.elts)
-                                                        [ctx->last_pair - 1]
-           : NULL;
-
-    if (pair == NULL
-        || pair->remote.len != from.len || pair->local.len != to.len
-        || !ngx_xmpp_federation_same(pair->remote.data, from.data, from.len)
-        || !ngx_xmpp_federation_same(pair->local.data, to.data, to.len))
-    {
-        pair = ngx_xmpp_federation_find_pair(ctx, &from, &to);
-
-        if (pair) {
-            ctx->last_pair = pair - (ngx_xmpp_federation_pair_t *)
-                                    ctx->pairs.elts + 1;
-        }
-    }
+    pair = ngx_xmpp_federation_find_pair(ctx, &from, &to);
 
     fmcf = ngx_stream_get_module_main_conf(s,
                                           ngx_stream_xmpp_federation_module);

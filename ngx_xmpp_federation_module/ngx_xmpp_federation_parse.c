@@ -1053,7 +1053,6 @@ ngx_xmpp_federation_end_element(void *data, const XML_Char *name)
     }
 
     p->event = ngx_xmpp_ev_element;
-    p->stanza = 0;
     (void) XML_StopParser(p->expat, XML_TRUE);
 }
 
@@ -1403,9 +1402,6 @@ ngx_xmpp_federation_scan(ngx_xmpp_federation_parser_t *p)
     p->fed = p->end;
     p->tries = 0;
     p->event = event;
-
-    /* only a stanza of jabber:server is an element the scan takes */
-    p->stanza = (event == ngx_xmpp_ev_element);
 
     if (event == ngx_xmpp_ev_close) {
         /* nothing is parsed after the end: not of the document */
